@@ -1,0 +1,1 @@
+"""Self-hosted user store behind Digital River's single sign-on."""

@@ -1,0 +1,1 @@
+"""Database access: URLs, engines, the embedded server and migrations."""

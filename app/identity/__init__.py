@@ -1,0 +1,1 @@
+"""Users and their credentials: normalisation, hashing and the user service."""
