@@ -173,13 +173,13 @@ class TestAuthenticate:
 
         result = await authenticate(session, hasher, "wrong@example.com", "not the password")
 
-        assert result.outcome is LoginOutcome.INVALID
-        assert result.user is None
+        assert result.outcome is LoginOutcome.WRONG_PASSWORD
 
     async def test_unknown_login(self, session: AsyncSession, hasher: PasswordHasher) -> None:
         result = await authenticate(session, hasher, "nobody@example.com", DEFAULT_PASSWORD)
 
-        assert result.outcome is LoginOutcome.INVALID
+        assert result.outcome is LoginOutcome.UNKNOWN_LOGIN
+        assert result.user is None
 
     async def test_disabled_only_after_correct_password(
         self, session: AsyncSession, hasher: PasswordHasher
@@ -189,7 +189,7 @@ class TestAuthenticate:
         wrong = await authenticate(session, hasher, "off@example.com", "not the password")
         right = await authenticate(session, hasher, "off@example.com", DEFAULT_PASSWORD)
 
-        assert wrong.outcome is LoginOutcome.INVALID
+        assert wrong.outcome is LoginOutcome.WRONG_PASSWORD
         assert right.outcome is LoginOutcome.DISABLED
 
     @pytest.mark.parametrize(

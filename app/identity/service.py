@@ -19,9 +19,10 @@ from sqlalchemy.orm import selectinload
 from app.identity.errors import ConflictError, InvalidValueError
 from app.identity.identifiers import generate_erid, normalize_login, validate_erid
 from app.identity.passwords import PasswordHasher
-from app.identity.schemas import Address, UserCreate, UserRead
+from app.identity.schemas import Address, ProfilePatch, UserCreate, UserRead
 from app.models import IssuedIdentifier, User, UserAddress, UserAttribute
 from app.models.user import ADDRESS_FIELDS, PERSONAL_COLUMNS
+from app.ops.metrics import count_login_outcomes
 
 # Constraint names from the migrations, mapped to the API field they protect.
 _UNIQUE_FIELDS = {
@@ -207,8 +208,12 @@ async def is_identifier_reserved(session: AsyncSession, erid: str) -> bool:
 
 
 class LoginOutcome(enum.Enum):
+    """Internal result of a login check; callers give unknown logins and wrong passwords
+    one identical answer, and keep the distinction for audit records only."""
+
     SUCCESS = "success"
-    INVALID = "invalid_credentials"
+    UNKNOWN_LOGIN = "unknown_login"
+    WRONG_PASSWORD = "wrong_password"
     DISABLED = "disabled"
 
 
@@ -218,6 +223,7 @@ class LoginResult:
     user: User | None = None
 
 
+@count_login_outcomes
 async def authenticate(
     session: AsyncSession, hasher: PasswordHasher, login: str, password: str
 ) -> LoginResult:
@@ -230,8 +236,10 @@ async def authenticate(
     user = await find_user(session, login=login)
     stored_hash = user.password_hash if user is not None else None
     result = await hasher.verify(password, stored_hash)
-    if user is None or not result.valid:
-        return LoginResult(LoginOutcome.INVALID)
+    if user is None:
+        return LoginResult(LoginOutcome.UNKNOWN_LOGIN)
+    if not result.valid:
+        return LoginResult(LoginOutcome.WRONG_PASSWORD, user)
     if result.replacement_hash is not None:
         await session.execute(
             update(User)
@@ -255,3 +263,140 @@ async def erase_user(session: AsyncSession, user: User) -> None:
     )
     await session.execute(update(User).where(User.id == user.id).values(**values))
     session.expire(user)
+
+
+# Changes made by admins and by Digital River callbacks. Each function takes a user locked with
+# `lock_user`, so that concurrent changes to one user run one after the other, and flushes.
+
+
+async def lock_user(session: AsyncSession, user_key: uuid.UUID) -> User | None:
+    """Return the user with `user_key`, read fresh and locked FOR UPDATE, or None."""
+    query = (
+        user_query()
+        .where(User.user_key == user_key)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def reload_user(session: AsyncSession, user_key: uuid.UUID) -> User:
+    """Return the user read again from the database, replacing any state the session holds."""
+    query = user_query().where(User.user_key == user_key).execution_options(populate_existing=True)
+    return (await session.execute(query)).scalar_one()
+
+
+def ensure_not_erased(user: User) -> None:
+    """Raise ConflictError (`user_erased`) if the user is erased; erased users never change."""
+    if user.status == "erased":
+        raise ConflictError(
+            f"user {user.user_key} has been erased and cannot change", code="user_erased"
+        )
+
+
+_PROFILE_COLUMNS = ("email", "first_name", "last_name", "locale", "home_phone")
+
+
+def _patch_address(user: User, kind: str, patch: Address | None) -> list[str]:
+    """Merge `patch` into the user's address of `kind`; return the changed field names."""
+    field = f"{kind}_address"
+    current = address_of(user, kind)
+    if patch is None:
+        if current is None:
+            return []
+        user.addresses.remove(current)
+        return [field]
+    sent = patch.model_dump(include=patch.model_fields_set)
+    if current is None:
+        if all(value is None for value in sent.values()):
+            return []
+        user.addresses.append(_address_row(kind, patch))
+        return [f"{field}.{name}" for name in ADDRESS_FIELDS if sent.get(name) is not None]
+    changed = []
+    for name, value in sent.items():
+        if getattr(current, name) != value:
+            setattr(current, name, value)
+            changed.append(f"{field}.{name}")
+    return changed
+
+
+def _patch_attributes(user: User, patch: dict[str, str | None]) -> list[str]:
+    current = {attribute.name: attribute for attribute in user.attributes}
+    changed = []
+    for name, value in patch.items():
+        existing = current.get(name)
+        if value is None:
+            if existing is not None:
+                user.attributes.remove(existing)
+                changed.append(f"attributes.{name}")
+        elif existing is None:
+            user.attributes.append(UserAttribute(name=name, value=value))
+            changed.append(f"attributes.{name}")
+        elif existing.value != value:
+            existing.value = value
+            changed.append(f"attributes.{name}")
+    return changed
+
+
+async def update_profile(session: AsyncSession, user: User, patch: ProfilePatch) -> list[str]:
+    """Apply `patch` (JSON merge patch meaning) to a locked user; return the changed fields.
+
+    Returns an empty list, and writes nothing, when the patch changes no value. Otherwise the
+    users row is updated too, so its `version` (the ETag) changes even when only an address
+    or attribute did. Raises ConflictError (`user_erased`) for an erased user and
+    ConflictError naming `login` when the new login belongs to another user.
+    """
+    ensure_not_erased(user)
+    sent = patch.model_fields_set
+    changed: list[str] = []
+
+    if "login" in sent and patch.login is not None and patch.login != user.login:
+        user.login_normalized = normalize_login(patch.login)
+        user.login = patch.login
+        changed.append("login")
+    for name in _PROFILE_COLUMNS:
+        value = getattr(patch, name)
+        if name in sent and getattr(user, name) != value:
+            setattr(user, name, value)
+            changed.append(name)
+    for kind in ("shipping", "billing"):
+        if f"{kind}_address" in sent:
+            changed.extend(_patch_address(user, kind, getattr(patch, f"{kind}_address")))
+    if "attributes" in sent and patch.attributes:
+        changed.extend(_patch_attributes(user, patch.attributes))
+
+    if not changed:
+        return []
+    # Touch the row even when only addresses or attributes changed: the update trigger then
+    # bumps `version` and `updated_at`.
+    user.updated_at = func.now()
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        raise await _conflict_from(session, exc, user.external_reference_id) from None
+    return changed
+
+
+async def set_status(session: AsyncSession, user: User, status: str) -> bool:
+    """Set a locked user's status to `active` or `disabled`; return False if it already was."""
+    if status not in ("active", "disabled"):
+        raise InvalidValueError("status must be active or disabled", field="status")
+    ensure_not_erased(user)
+    if user.status == status:
+        return False
+    user.status = status
+    await session.flush()
+    return True
+
+
+async def set_password(
+    session: AsyncSession, hasher: PasswordHasher, user: User, password: str
+) -> None:
+    """Check `password` against the length policy, then store its argon2id hash."""
+    ensure_not_erased(user)
+    hasher.check_policy(password)
+    user.password_hash = await hasher.hash(password)
+    user.password_changed_at = func.now()
+    await session.flush()
+

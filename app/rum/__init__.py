@@ -1,0 +1,1 @@
+"""Digital River Remote User Management (SSO) callbacks: XML messages and their handling."""

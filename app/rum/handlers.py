@@ -1,0 +1,149 @@
+"""Answer each Digital River callback from the user store.
+
+Error codes in `successful=false` answers (DR publishes only code 5; the others are this
+service's, documented in docs/callbacks.md):
+
+| code | message | when |
+|---|---|---|
+| 5 | Invalid login | unknown login, wrong password (one body for both) |
+| 6 | User not active | a disabled user, told only after the correct password |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.identity.passwords import PasswordHasher
+from app.identity.service import LoginOutcome, address_of, authenticate, find_user
+from app.identity.identifiers import ERID_RE
+from app.models import User, UserAddress
+from app.rum import xml
+from app.rum.events import record_event
+from app.settings import Settings
+
+INVALID_LOGIN = ("5", "Invalid login")
+USER_NOT_ACTIVE = ("6", "User not active")
+PROFILE_NOT_FOUND = "User not found"
+PROFILE_NOT_ACTIVE = "User not active"
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackContext:
+    request: Request
+    session: AsyncSession
+    settings: Settings
+    hasher: PasswordHasher
+
+    def site_id(self, requested: str | None) -> str | None:
+        """Echo the request's siteID, or the configured one when DR sent none."""
+        return requested or self.settings.dr_site_id
+
+
+Handler = Callable[[CallbackContext, Any], Awaitable[bytes]]
+
+
+async def handle_login(context: CallbackContext, message: xml.LoginRequest) -> bytes:
+    """Authenticate a shopper; unknown login and wrong password get one identical answer."""
+    site_id = context.site_id(message.site_id)
+    result = await authenticate(context.session, context.hasher, message.login_id, message.password)
+    user = result.user
+    if result.outcome is LoginOutcome.SUCCESS and user is not None:
+        body = xml.render_login_success(
+            user.login or message.login_id, user.external_reference_id, site_id
+        )
+        outcome, reason = "success", None
+    elif result.outcome is LoginOutcome.DISABLED:
+        body = xml.render_login_failure(*USER_NOT_ACTIVE)
+        outcome, reason = "failure", "disabled"
+    else:
+        body = xml.render_login_failure(*INVALID_LOGIN)
+        outcome, reason = "failure", result.outcome.value
+    record_event(
+        context.session,
+        context.request,
+        kind="login",
+        outcome=outcome,
+        reason=reason,
+        user_key=user.user_key if user is not None else None,
+        external_reference_id=user.external_reference_id if user is not None else None,
+        site_id=site_id,
+    )
+    await context.session.commit()
+    return body
+
+
+def _address(row: UserAddress | None) -> xml.Address | None:
+    if row is None:
+        return None
+    return xml.Address(
+        name1=row.name1,
+        name2=row.name2,
+        company_name=row.company_name,
+        line1=row.line1,
+        line2=row.line2,
+        line3=row.line3,
+        city=row.city,
+        state=row.state,
+        postal_code=row.postal_code,
+        country=row.country,
+        country_name=row.country_name,
+        email=row.email,
+        phone_number=row.phone_number,
+    )
+
+
+def user_info(user: User, site_id: str | None) -> xml.UserInfo:
+    return xml.UserInfo(
+        login_id=user.login,
+        erid=user.external_reference_id,
+        site_id=site_id,
+        first_name=user.first_name,
+        last_name=user.last_name,
+        email=user.email,
+        locale=user.locale,
+        home_phone=user.home_phone,
+        shipping=_address(address_of(user, "shipping")),
+        billing=_address(address_of(user, "billing")),
+    )
+
+
+async def handle_profile(context: CallbackContext, message: xml.ProfileRequest) -> bytes:
+    """Return the profile of the user with the requested ERID, looked up by ERID alone."""
+    site_id = context.site_id(message.site_id)
+    erid = message.external_reference_id
+    user = await find_user(context.session, external_reference_id=erid) if ERID_RE.fullmatch(erid) else None
+    if user is None:
+        body = xml.render_profile(None, PROFILE_NOT_FOUND)
+        outcome, reason = "failure", "unknown"
+    elif user.status == "erased":
+        body = xml.render_profile(None, PROFILE_NOT_FOUND)
+        outcome, reason = "failure", "erased"
+    elif user.status != "active":
+        body = xml.render_profile(None, PROFILE_NOT_ACTIVE)
+        outcome, reason = "failure", "disabled"
+    else:
+        body = xml.render_profile(user_info(user, site_id), "")
+        outcome, reason = "success", None
+    record_event(
+        context.session,
+        context.request,
+        kind="profile",
+        outcome=outcome,
+        reason=reason,
+        user_key=user.user_key if user is not None else None,
+        external_reference_id=user.external_reference_id if user is not None else erid[:64],
+        site_id=site_id,
+    )
+    await context.session.commit()
+    return body
+
+
+HANDLERS: dict[type[Any], Handler] = {
+    xml.LoginRequest: handle_login,
+    xml.ProfileRequest: handle_profile,
+}

@@ -1,0 +1,185 @@
+"""HTTP endpoints for Digital River's callbacks.
+
+`POST /rum` accepts every message and dispatches on the root element; the other paths accept
+one message each, for integrations that configure one URL per call.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy import exc as sa_exc
+
+from app.deps import HasherDep, SessionDep, SettingsDep
+from app.rum import examples, xml
+from app.rum.handlers import HANDLERS, CallbackContext
+from app.rum.security import CallerRejectedError, check_caller
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+XML_MEDIA_TYPE = "text/xml; charset=UTF-8"
+_ACCEPTED_CONTENT_TYPES = ("text/xml", "application/xml", "application/soap+xml")
+RETRY_AFTER_SECONDS = "5"
+
+router = APIRouter(prefix="/rum", tags=["Digital River callbacks"])
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+def xml_answer(body: bytes, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=body, status_code=status_code, media_type=XML_MEDIA_TYPE, headers=headers)
+
+
+def xml_error(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return xml_answer(xml.render_error(code, message), status_code, headers)
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """Read the body, stopping as soon as it exceeds `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _content_type_accepted(request: Request) -> bool:
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        return True
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type in _ACCEPTED_CONTENT_TYPES
+
+
+def _is_database_unavailable(error: Exception) -> bool:
+    if isinstance(error, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, OSError | TimeoutError)
+
+
+async def process_callback(
+    request: Request,
+    context: CallbackContext,
+    settings: Settings,
+    accepted: tuple[type[Any], ...] | None,
+) -> Response:
+    """Authenticate the caller, parse the body, run the matching handler and render the answer."""
+    try:
+        check_caller(request, settings)
+    except CallerRejectedError as rejected:
+        logger.warning("rum.caller_rejected code=%s", rejected.code)
+        headers = {"WWW-Authenticate": 'Basic realm="sso-provider"'} if rejected.status_code == 401 else None
+        return xml_error(rejected.status_code, rejected.code, rejected.message, headers)
+
+    if not _content_type_accepted(request):
+        return xml_error(415, "unsupported_media_type", "send the callback as text/xml or application/xml")
+    try:
+        body = await read_limited_body(request, settings.max_body_bytes)
+    except BodyTooLargeError:
+        return xml_error(
+            413, "body_too_large", f"the body is larger than {settings.max_body_bytes} bytes"
+        )
+
+    try:
+        message = xml.parse_request(
+            body, max_depth=settings.xml_max_depth, max_elements=settings.xml_max_elements
+        )
+    except xml.XMLRequestError as error:
+        logger.info("rum.bad_request code=%s", error.code)
+        return xml_error(400, error.code, error.message)
+
+    handler = HANDLERS.get(type(message))
+    if accepted is not None and not isinstance(message, accepted):
+        handler = None
+    if handler is None:
+        return xml_error(
+            400,
+            "wrong_endpoint",
+            f"{request.url.path} does not accept {type(message).__name__}: post it to /rum",
+        )
+
+    try:
+        answer = await handler(context, message)
+    except Exception as error:
+        await context.session.rollback()
+        if _is_database_unavailable(error):
+            logger.error("rum.database_unavailable error=%s", type(error).__name__)
+            return xml_error(
+                503,
+                "service_unavailable",
+                "the user store is temporarily unavailable: retry later",
+                {"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        logger.exception("rum.handler_failed message=%s", type(message).__name__)
+        return xml_error(500, "internal_error", "the request could not be processed")
+    return xml_answer(answer)
+
+
+def _context(request: Request, session: Any, settings: Settings, hasher: Any) -> CallbackContext:
+    return CallbackContext(request=request, session=session, settings=settings, hasher=hasher)
+
+
+@router.post(
+    "",
+    summary="Any callback, dispatched on the root element",
+    response_class=Response,
+    openapi_extra=examples.openapi_for(
+        {"LoginRequest": examples.LOGIN_REQUEST, "GetUserProfileRequest": examples.PROFILE_REQUEST},
+        {
+            "LoginResponse (success)": examples.LOGIN_SUCCESS,
+            "LoginResponse (failure)": examples.LOGIN_FAILURE,
+            "GetUserProfileResponse": examples.PROFILE_SUCCESS,
+        },
+    ),
+)
+async def any_callback(
+    request: Request, session: SessionDep, settings: SettingsDep, hasher: HasherDep
+) -> Response:
+    return await process_callback(request, _context(request, session, settings, hasher), settings, None)
+
+
+@router.post(
+    "/login",
+    summary="RemoteLogin: authenticate a shopper",
+    response_class=Response,
+    openapi_extra=examples.openapi_for(
+        {"LoginRequest": examples.LOGIN_REQUEST},
+        {"success": examples.LOGIN_SUCCESS, "failure": examples.LOGIN_FAILURE},
+    ),
+)
+async def login_callback(
+    request: Request, session: SessionDep, settings: SettingsDep, hasher: HasherDep
+) -> Response:
+    return await process_callback(
+        request, _context(request, session, settings, hasher), settings, (xml.LoginRequest,)
+    )
+
+
+@router.post(
+    "/user-profile",
+    summary="RemoteUserFetch: return a shopper's profile by ERID",
+    response_class=Response,
+    openapi_extra=examples.openapi_for(
+        {"GetUserProfileRequest": examples.PROFILE_REQUEST},
+        {"success": examples.PROFILE_SUCCESS, "failure": examples.PROFILE_FAILURE},
+    ),
+)
+async def profile_callback(
+    request: Request, session: SessionDep, settings: SettingsDep, hasher: HasherDep
+) -> Response:
+    return await process_callback(
+        request, _context(request, session, settings, hasher), settings, (xml.ProfileRequest,)
+    )
