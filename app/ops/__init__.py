@@ -1,0 +1,37 @@
+"""Operations: health and readiness probes, Prometheus metrics and structured request logs."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.ops.health import router as health_router
+from app.ops.logging import RequestContextMiddleware, configure_logging, get_request_id
+from app.ops.metrics import instrument_pool, mark_worker_stopped
+from app.ops.metrics import router as metrics_router
+
+__all__ = [
+    "configure_logging",
+    "get_request_id",
+    "install_operations",
+    "operations_started",
+    "operations_stopped",
+]
+
+
+def install_operations(app: FastAPI) -> None:
+    """Add `/healthz`, `/readyz`, `/metrics` and the request-context middleware.
+
+    Call it after every other `add_middleware`, so the request id and timing wrap them all.
+    """
+    app.include_router(health_router)
+    app.include_router(metrics_router)
+    app.add_middleware(RequestContextMiddleware)
+
+
+def operations_started(app: FastAPI) -> None:
+    """Start publishing the database pool's numbers (needed with several workers)."""
+    instrument_pool(app.state.database.engine)
+
+
+def operations_stopped() -> None:
+    mark_worker_stopped()

@@ -1,0 +1,228 @@
+"""Structured JSON logs with a request id on every line written while a request runs.
+
+`configure_logging` sends structlog events and every stdlib logger (uvicorn, SQLAlchemy,
+Alembic, asyncpg) through one handler that renders JSON lines, so library messages are JSON too.
+`RequestContextMiddleware` gives each HTTP request an id, returns it in `X-Request-ID`, binds it
+to the logging context, writes one access line per request and records the request metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from contextvars import ContextVar
+from typing import IO, Any, Final
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.ops.metrics import REQUESTS_IN_PROGRESS, observe_request, route_template
+from app.settings import Settings
+
+REQUEST_ID_HEADER: Final = "X-Request-ID"
+_REQUEST_ID_HEADER_BYTES: Final = REQUEST_ID_HEADER.lower().encode("ascii")
+_VALID_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+
+# Substrings of event keys whose values are replaced before rendering. Code should never pass
+# secrets to a logger; this is the second line of defence.
+_SECRET_KEY_PARTS: Final = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "api_key",
+    "apikey",
+    "cookie",
+    "credential",
+)
+REDACTED: Final = "[redacted]"
+
+_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+access_logger = structlog.get_logger("sso.access")
+error_logger = structlog.get_logger("sso.errors")
+
+
+def get_request_id() -> str | None:
+    """Return the id of the HTTP request being served, or None outside a request."""
+    return _request_id.get()
+
+
+def redact_secrets(
+    _logger: object, _method_name: str, event_dict: dict[str, Any]
+) -> dict[str, Any]:
+    """Replace the value of any key that names a secret (password, token, key, cookie)."""
+    for key in event_dict:
+        lowered = key.lower()
+        if any(part in lowered for part in _SECRET_KEY_PARTS):
+            event_dict[key] = REDACTED
+    return event_dict
+
+
+class _OwnHandler(logging.Handler):
+    """The root handler installed here, told apart from handlers others add (pytest's capture).
+
+    Without an explicit stream it writes to whatever `sys.stderr` is at the time of each
+    record, so it keeps working when a test runner swaps and closes standard error.
+    """
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            stream = self._stream if self._stream is not None else sys.stderr
+            stream.write(line + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> None:
+    """Route structlog and stdlib logging to one JSON (or console) handler on standard error.
+
+    Safe to call again: it replaces only the handler it installed before, so handlers that a
+    test runner added to the root logger keep working.
+    """
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        redact_secrets,
+    ]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+    renderer: Any
+    if settings.log_format == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.PositionalArgumentsFormatter(), *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = _OwnHandler(stream)
+    handler.setFormatter(formatter)
+
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if isinstance(existing, _OwnHandler):
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+
+    # uvicorn's own handlers would print plain text, so its loggers propagate to the root.
+    # Its access log is replaced by the middleware's line, which leaves out the query string.
+    for name in ("uvicorn", "uvicorn.error"):
+        library_logger = logging.getLogger(name)
+        library_logger.handlers.clear()
+        library_logger.propagate = True
+    # SQLAlchemy logs every statement at INFO when its logger inherits a low level.
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
+    access.disabled = True
+
+
+def _find_request_id(scope: Scope) -> str:
+    """Return the caller's X-Request-ID when it is valid, otherwise a new random id."""
+    for name, value in scope["headers"]:
+        if name == _REQUEST_ID_HEADER_BYTES:
+            if _VALID_REQUEST_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Pure ASGI middleware: request id, access log line, error line and request metrics.
+
+    It must be the outermost user middleware, so it is added last in `create_app`. FastAPI's
+    `ServerErrorMiddleware` still sits outside it, so a 500 built from an unhandled exception
+    is sent without the `X-Request-ID` header. The id stays in the context and in
+    `request.state.request_id` for that handler.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        request_id = _find_request_id(scope)
+        header = (_REQUEST_ID_HEADER_BYTES, request_id.encode("ascii"))
+        scope.setdefault("state", {})["request_id"] = request_id
+        _request_id.set(request_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+
+        status = 500
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        method = scope["method"]
+        started = time.perf_counter()
+        REQUESTS_IN_PROGRESS.inc()
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except Exception as exc:
+            status = 500
+            error_logger.error(
+                "request.failed",
+                method=method,
+                route=route_template(scope, status),
+                error=type(exc).__name__,
+                exc_info=True,
+            )
+            raise
+        finally:
+            REQUESTS_IN_PROGRESS.dec()
+            duration = time.perf_counter() - started
+            route = route_template(scope, status)
+            observe_request(method, route, status, duration)
+            access_logger.info(
+                "http.request",
+                method=method,
+                route=route,
+                status=status,
+                duration_ms=round(duration * 1000, 2),
+            )
+            # The id stays bound: each request runs in its own task, whose context ends with
+            # it, and an error handler outside this middleware still logs it.
+
+
+def log_handled_error(event: str, *, status: int, error: str, **fields: Any) -> None:
+    """Write the one log line for an error that a handler turned into a response.
+
+    `error` is a short code or exception class name; keep caller input and secrets out of
+    `fields`. The request id is added from the context.
+    """
+    level = logging.ERROR if status >= 500 else logging.WARNING
+    error_logger.log(level, event, status=status, error=error, **fields)

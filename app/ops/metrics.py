@@ -1,0 +1,328 @@
+"""Prometheus metrics: HTTP requests, logins, password hashing, the database pool and lockouts.
+
+Metrics live in prometheus-client's default registry. With several worker processes
+(`sso-provider serve --workers N`), set `PROMETHEUS_MULTIPROC_DIR` to an empty directory
+writable by the service: every worker then writes its samples there and any worker's `/metrics`
+returns the sum over all of them. `sso-provider serve` creates such a directory when N > 1 and
+the variable is unset, and empties the configured one before the workers start.
+
+Other modules record through the names exported here:
+
+- `record_login(result, reason)` for a login decision made outside the password check:
+  throttling code records `failure`/`throttled` and `failure`/`locked_out`. The password
+  outcomes are counted by `count_login_outcomes`, which decorates
+  `app.identity.service.authenticate`.
+- `LOCKOUTS.inc()` each time an account or source address is locked out.
+- `timed_hashing(operation, function)` wraps the function a hashing thread runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, Final, ParamSpec, TypeVar
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import Pool
+from starlette.types import Scope
+
+MULTIPROCESS_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+# Request latency buckets in seconds: DR's callbacks should answer well under a second.
+_LATENCY_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+# argon2id at OWASP's minimum settings takes tens of milliseconds per core.
+_HASHING_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+
+LOGIN_REASONS: Final = {
+    "success": ("ok",),
+    "failure": (
+        "unknown_login",
+        "wrong_password",
+        "disabled",
+        "throttled",
+        "locked_out",
+        "other",
+    ),
+}
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROCESS_DIR_VARIABLE))
+
+
+HTTP_REQUESTS = Counter(
+    "sso_http_requests",
+    "HTTP requests answered, by method, route template and status code.",
+    ["method", "route", "status"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "sso_http_request_duration_seconds",
+    "Time from receiving a request to sending the last byte of its response.",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+)
+REQUESTS_IN_PROGRESS = Gauge(
+    "sso_http_requests_in_progress",
+    "HTTP requests being served now.",
+    multiprocess_mode="livesum",
+)
+LOGINS = Counter(
+    "sso_logins",
+    "Login decisions by result (success or failure) and reason.",
+    ["result", "reason"],
+)
+PASSWORD_HASHING_DURATION = Histogram(
+    "sso_password_hashing_duration_seconds",
+    "CPU time of one password hash or verification in the hashing thread pool.",
+    ["operation"],
+    buckets=_HASHING_BUCKETS,
+)
+PASSWORD_HASHING_WAIT = Histogram(
+    "sso_password_hashing_wait_seconds",
+    "Time a hash or verification waited for a free thread in the hashing pool.",
+    ["operation"],
+    buckets=_HASHING_BUCKETS,
+)
+LOCKOUTS = Counter(
+    "sso_lockouts",
+    "Accounts or source addresses locked out after too many failed logins.",
+)
+
+for _result, _reasons in LOGIN_REASONS.items():
+    for _reason in _reasons:
+        LOGINS.labels(_result, _reason)
+for _operation in ("hash", "verify"):
+    PASSWORD_HASHING_DURATION.labels(_operation)
+    PASSWORD_HASHING_WAIT.labels(_operation)
+
+
+def route_template(scope: Scope, status: int) -> str:
+    """Return the matched route's path template, so labels stay few and carry no identifiers."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    return "unmatched" if status == 404 else "other"
+
+
+def observe_request(method: str, route: str, status: int, duration: float) -> None:
+    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    HTTP_REQUEST_DURATION.labels(method, route).observe(duration)
+
+
+def record_login(result: str, reason: str) -> None:
+    """Count one login decision; `reason` must be one of `LOGIN_REASONS[result]`."""
+    if reason not in LOGIN_REASONS.get(result, ()):
+        raise ValueError(f"unknown login result/reason {result!r}/{reason!r}: see LOGIN_REASONS")
+    LOGINS.labels(result, reason).inc()
+
+
+_A = ParamSpec("_A")
+_T = TypeVar("_T")
+
+
+def count_login_outcomes(function: Callable[_A, Awaitable[_T]]) -> Callable[_A, Awaitable[_T]]:
+    """Decorate a login check whose result has an `outcome` enum, counting each decision.
+
+    The enum value `success` counts as a success; any other value is the failure reason, and a
+    value missing from `LOGIN_REASONS` counts as `other` so a new outcome cannot break logins.
+    """
+
+    @functools.wraps(function)
+    async def counted(*args: _A.args, **kwargs: _A.kwargs) -> _T:
+        result = await function(*args, **kwargs)
+        outcome = getattr(getattr(result, "outcome", None), "value", None)
+        if outcome == "success":
+            LOGINS.labels("success", "ok").inc()
+        elif outcome in LOGIN_REASONS["failure"]:
+            LOGINS.labels("failure", outcome).inc()
+        else:
+            LOGINS.labels("failure", "other").inc()
+        return result
+
+    return counted
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def timed_hashing(operation: str, function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Wrap `function` so that the thread running it records queue wait and duration.
+
+    Call this when submitting the work: the wait is measured from that moment until a thread
+    starts the call.
+    """
+    submitted = time.perf_counter()
+    wait = PASSWORD_HASHING_WAIT.labels(operation)
+    duration = PASSWORD_HASHING_DURATION.labels(operation)
+
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        started = time.perf_counter()
+        wait.observe(started - submitted)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            duration.observe(time.perf_counter() - started)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Database pool
+# ---------------------------------------------------------------------------------------------
+
+_POOL_HELP: Final = {
+    "sso_db_pool_size": "Connections the pool keeps open (SSO_DB_POOL_SIZE).",
+    "sso_db_pool_max_overflow": "Extra connections allowed beyond the pool size.",
+    "sso_db_pool_checked_out": "Connections in use by requests.",
+    "sso_db_pool_idle": "Open connections waiting in the pool.",
+    "sso_db_pool_overflow": "Connections open beyond the pool size now.",
+}
+
+
+def read_pool(pool: Pool) -> dict[str, float]:
+    """Return the pool's current numbers, or an empty dict for a pool that keeps none."""
+    reader = {
+        "sso_db_pool_size": "size",
+        "sso_db_pool_checked_out": "checkedout",
+        "sso_db_pool_idle": "checkedin",
+        "sso_db_pool_overflow": "overflow",
+    }
+    values: dict[str, float] = {}
+    for name, method in reader.items():
+        function = getattr(pool, method, None)
+        if function is None:
+            return {}
+        values[name] = float(function())
+    # QueuePool counts overflow from minus the pool size; only positive values are extra.
+    values["sso_db_pool_overflow"] = max(values["sso_db_pool_overflow"], 0.0)
+    values["sso_db_pool_max_overflow"] = float(getattr(pool, "_max_overflow", 0))
+    return values
+
+
+class PoolCollector(Collector):
+    """Reads the engine's pool when Prometheus scrapes, so the numbers are never stale."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, value in read_pool(self.engine.sync_engine.pool).items():
+            family = GaugeMetricFamily(name, _POOL_HELP[name])
+            family.add_metric([], value)
+            yield family
+
+
+# With several workers the scraped process cannot read the other workers' pools, so each
+# worker writes its numbers to the shared directory whenever a connection moves.
+_MULTIPROCESS_POOL_GAUGES: dict[str, Gauge] = {}
+
+
+def _multiprocess_pool_gauges() -> dict[str, Gauge]:
+    if not _MULTIPROCESS_POOL_GAUGES:
+        for name, help_text in _POOL_HELP.items():
+            _MULTIPROCESS_POOL_GAUGES[name] = Gauge(
+                name, help_text, multiprocess_mode="livesum", registry=None
+            )
+    return _MULTIPROCESS_POOL_GAUGES
+
+
+def _publish_pool(pool: Pool) -> None:
+    gauges = _multiprocess_pool_gauges()
+    for name, value in read_pool(pool).items():
+        gauges[name].set(value)
+
+
+def instrument_pool(engine: AsyncEngine) -> None:
+    """Publish the pool's numbers on every connection event; needed only with several workers."""
+    if not multiprocess_enabled():
+        return
+    pool = engine.sync_engine.pool
+
+    def on_event(*_args: Any) -> None:
+        _publish_pool(pool)
+
+    for name in ("connect", "checkout", "checkin", "close", "invalidate", "close_detached"):
+        event.listen(pool, name, on_event)
+    _publish_pool(pool)
+
+
+def mark_worker_stopped() -> None:
+    """Drop this process's live gauges from the shared directory when the worker stops."""
+    if multiprocess_enabled():
+        multiprocess.mark_process_dead(os.getpid())
+
+
+def prepare_multiprocess_dir(workers: int) -> Path | None:
+    """Make `PROMETHEUS_MULTIPROC_DIR` ready before worker processes start.
+
+    An explicitly configured directory is emptied, because samples left by an earlier run would
+    be added to the new one. With several workers and no directory configured, a temporary one
+    is created and exported to the workers; it is returned so the caller can remove it after.
+    """
+    configured = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
+    if configured:
+        directory = Path(configured)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        return None
+    if workers <= 1:
+        return None
+    created = Path(tempfile.mkdtemp(prefix="sso-provider-metrics-"))
+    os.environ[MULTIPROCESS_DIR_VARIABLE] = str(created)
+    return created
+
+
+def render_metrics(engine: AsyncEngine | None) -> bytes:
+    """Return the text exposition of every metric, including the pool of `engine`."""
+    if multiprocess_enabled():
+        if engine is not None:
+            _publish_pool(engine.sync_engine.pool)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    output = generate_latest(REGISTRY)
+    if engine is not None:
+        pool_registry = CollectorRegistry(auto_describe=False)
+        pool_registry.register(PoolCollector(engine))
+        output += generate_latest(pool_registry)
+    return output
+
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+async def metrics(request: Request) -> Response:
+    database = getattr(request.app.state, "database", None)
+    engine = database.engine if database is not None else None
+    return Response(render_metrics(engine), media_type=CONTENT_TYPE_LATEST)
