@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Development defaults for `make run`; any of them can be overridden from the environment.
-export SSO_ENVIRONMENT ?= development
-export SSO_RUM_USERNAME ?= digitalriver
-export SSO_RUM_PASSWORD ?= dev-callback-secret
-export SSO_DR_SITE_ID ?= headwtr
-export SSO_LOG_FORMAT ?= console
+# Development defaults for `make run` only; any of them can be overridden from the environment.
+run: export SSO_ENVIRONMENT ?= development
+run: export SSO_RUM_USERNAME ?= digitalriver
+run: export SSO_RUM_PASSWORD ?= dev-callback-secret
+run: export SSO_DR_SITE_ID ?= headwtr
+run: export SSO_LOG_FORMAT ?= console
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,6 +38,24 @@ def make_settings(**overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+# Variables that configure the test run itself rather than the service under test.
+_TEST_RUN_VARIABLES = {"SSO_TEST_DATABASE_URL", "SSO_REQUIRE_BROWSER"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment() -> Iterator[None]:
+    """Hide the caller's SSO_ variables, so settings in tests come only from the tests."""
+    saved = {
+        name: value
+        for name, value in os.environ.items()
+        if name.startswith("SSO_") and name not in _TEST_RUN_VARIABLES
+    }
+    for name in saved:
+        del os.environ[name]
+    yield
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

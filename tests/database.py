@@ -21,6 +21,8 @@ from app.db.url import to_async_url, to_libpq_dsn
 class TestServer:
     """Creates and drops databases on one PostgreSQL server."""
 
+    __test__ = False  # a helper, not a test class
+
     def __init__(self, url: URL, embedded: EmbeddedPostgres | None) -> None:
         self.url = url
         self.embedded = embedded
