@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.admin.cli import keys
 from app.db.engine import Database, database_for_command
 from app.db.migrate import current_revision, head_revision, upgrade_to_head
 from app.identity.errors import DomainError
@@ -105,8 +106,15 @@ def serve(host: str, port: int, workers: int) -> None:
             access_log=False,
             proxy_headers=False,
             timeout_graceful_shutdown=30,
+            # Spawned workers import the whole app before answering the supervisor's ping;
+            # on a busy or CPU-limited host that takes longer than uvicorn's 5 s default.
+            timeout_worker_healthcheck=30,
             server_header=False,
             log_level=settings.log_level,
+            # h11 bounds the request line and headers it buffers while they are incomplete
+            # (uvicorn's httptools parser has no such limit): past it, 400 and close.
+            http="h11",
+            h11_max_incomplete_event_size=settings.max_header_bytes,
         )
     finally:
         finish_serving(metrics_dir)
@@ -199,6 +207,18 @@ def _describe(error: Any) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{location}: {message}" if location else message
 
+
+main.add_command(keys)
+
+from app.transfer.cli import audit, export_users_command, import_users  # noqa: E402
+
+users.add_command(import_users, "import")
+users.add_command(export_users_command, "export")
+main.add_command(audit)
+
+from app.security.cli import events  # noqa: E402
+
+main.add_command(events)
 
 if __name__ == "__main__":
     main()

@@ -7,13 +7,44 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.db.engine import Database, open_database
 from app.identity.passwords import PasswordHasher
 from app.ops import configure_logging, install_operations, operations_started, operations_stopped
+from app.problems import install_problem_handlers
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
+
+# Groups of endpoints on the /docs and /redoc pages, in display order.
+OPENAPI_TAGS = [
+    {
+        "name": "Users",
+        "description": "Create, find, change, disable and erase users. Needs an API key with "
+        "`admin:read` to read or `admin:write` to change; every change writes an audit event.",
+    },
+    {
+        "name": "Audit events",
+        "description": "The trail of admin changes: who (API key id and name), what (action "
+        "and changed field names), which user, when, and in which request.",
+    },
+    {
+        "name": "SSO sessions",
+        "description": "Session tokens for shoppers signed in on the merchant's site, which "
+        "Digital River sends back for validation. Needs an API key with the `sessions` scope.",
+    },
+    {
+        "name": "Digital River callbacks",
+        "description": "The XML callbacks of Digital River's Remote User Management (single "
+        "sign-on), authenticated with HTTP Basic credentials agreed with Digital River.",
+    },
+    {
+        "name": "Problem types",
+        "description": "Descriptions of the `code` values sent in `application/problem+json` "
+        "error bodies.",
+    },
+]
 
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
@@ -42,16 +73,37 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             operations_stopped()
             logger.info("service.stopped")
 
-    app = FastAPI(
+    # FastAPIOffline serves the Swagger UI and ReDoc assets from the service, so /docs and
+    # /redoc work without a route to a CDN.
+    app = FastAPIOffline(
         title="SSO provider for Digital River",
         version="0.1.0",
         lifespan=lifespan,
+        openapi_tags=OPENAPI_TAGS,
+        swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": False},
     )
     app.state.settings = settings
 
     from app.rum.routes import router as rum_router
 
     app.include_router(rum_router)
+
+    from app.admin.routes import router as admin_router
+
+    app.include_router(admin_router)
+
+    from app.sessions.routes import router as sessions_router
+
+    app.include_router(sessions_router)
+
+    from app.transfer.routes import router as transfer_router
+
+    app.include_router(transfer_router)
+    install_problem_handlers(app)
+
+    from app.security import install_security
+
+    install_security(app, settings)
 
     # Last, so that its middleware wraps every other one.
     install_operations(app)

@@ -27,6 +27,8 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_pre_ping=True,
+        # Error messages would otherwise carry bound values (password hashes, logins) to logs.
+        hide_parameters=True,
         connect_args={
             "timeout": 5,
             "command_timeout": max(1.0, settings.db_statement_timeout_ms / 1000 + 1),

@@ -14,9 +14,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+def migrations_root() -> Path:
+    """Return the folder holding alembic.ini and migrations/.
+
+    That is the source checkout when running from one. An installed wheel carries no
+    migrations, so the container image puts them in its working directory instead.
+    """
+    if (PROJECT_ROOT / "alembic.ini").is_file():
+        return PROJECT_ROOT
+    return Path.cwd()
+
+
 def alembic_config() -> Config:
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    root = migrations_root()
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "migrations"))
     return config
 
 

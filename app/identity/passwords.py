@@ -13,8 +13,12 @@ from dataclasses import dataclass
 
 from passlib.context import CryptContext
 from passlib.exc import UnknownHashError
+from passlib.registry import register_crypt_handler_path
+from passlib.utils import MAX_PASSWORD_SIZE
 
 from app.identity.errors import InvalidValueError
+from app.ops.metrics import timed_hashing
+from app.ops.priority import lower_thread_priority
 from app.settings import Settings
 
 # Schemes a stored hash may use. The first is the default for new hashes; every other one is
@@ -28,11 +32,26 @@ ACCEPTED_SCHEMES = (
     "django_pbkdf2_sha1",
     "sha512_crypt",
     "sha256_crypt",
+    # Forms that legacy stores keep and imports bring in; the string for each is listed in
+    # docs/migration.md.
+    "pbkdf2_sha1",
+    "django_argon2",
+    "django_bcrypt",
+    "django_bcrypt_sha256",
+    "ldap_salted_sha1",
+    "ldap_salted_sha256",
+    "ldap_salted_sha512",
+    "django_salted_sha1",
+    "salted_sha256",
 )
+
+# `sha256$<salt>$<hex>` has no handler in libpass; app.transfer.hashes defines it.
+register_crypt_handler_path("salted_sha256", "app.transfer.hashes")
 
 # bcrypt uses only the first 72 bytes of a password. Stores that hashed with bcrypt truncated
 # silently, while the current `bcrypt` package rejects longer input, so verification truncates.
 BCRYPT_MAX_BYTES = 72
+BCRYPT_SCHEMES = frozenset({"bcrypt", "django_bcrypt"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +84,10 @@ class PasswordHasher:
         self.min_length = settings.password_min_length
         self.max_length = settings.password_max_length
         self._executor = ThreadPoolExecutor(
-            max_workers=settings.hash_threads, thread_name_prefix="password-hash"
+            max_workers=settings.hash_threads,
+            thread_name_prefix="password-hash",
+            initializer=lower_thread_priority,
+            initargs=(settings.hash_thread_nice,),
         )
         # Verified against when a login is unknown or has no password, so that such a login
         # costs the same argon2id work as a wrong password for a real user.
@@ -90,7 +112,8 @@ class PasswordHasher:
 
     async def hash(self, password: str) -> str:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.context.hash, password)
+        work = timed_hashing("hash", self.context.hash)
+        return await loop.run_in_executor(self._executor, work, password)
 
     async def verify(self, password: str, stored_hash: str | None) -> VerifyResult:
         """Check `password` against `stored_hash`, or against a decoy hash when it is None.
@@ -99,9 +122,15 @@ class PasswordHasher:
         or old parameters returns the argon2id hash that should replace it.
         """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._verify_sync, password, stored_hash)
+        work = timed_hashing("verify", self._verify_sync)
+        return await loop.run_in_executor(self._executor, work, password, stored_hash)
 
     def _verify_sync(self, password: str, stored_hash: str | None) -> VerifyResult:
+        if len(password) > MAX_PASSWORD_SIZE:
+            # passlib refuses longer secrets, so no stored hash can match; the decoy check on
+            # a prefix keeps the time the same as for any other wrong password.
+            self.context.verify(password[:MAX_PASSWORD_SIZE], self._timing_hash)
+            return VerifyResult(valid=False)
         if stored_hash is None:
             self.context.verify(password, self._timing_hash)
             return VerifyResult(valid=False)
@@ -113,7 +142,7 @@ class PasswordHasher:
             self.context.verify(password, self._timing_hash)
             return VerifyResult(valid=False)
         secret: str | bytes = password
-        if scheme == "bcrypt":
+        if scheme in BCRYPT_SCHEMES:
             encoded = password.encode("utf-8")
             if len(encoded) > BCRYPT_MAX_BYTES:
                 secret = encoded[:BCRYPT_MAX_BYTES]

@@ -136,7 +136,8 @@ async def create_user(
         if not hasher.is_supported_hash(data.password_hash):
             raise InvalidValueError(
                 "password_hash is not in a supported scheme: use argon2, bcrypt, PBKDF2 "
-                "(passlib or Django format), sha256-crypt or sha512-crypt",
+                "(passlib or Django format), sha256-crypt, sha512-crypt or salted SHA-1/SHA-256 "
+                "({SSHA}, {SSHA256}, sha1$salt$hex, sha256$salt$hex)",
                 field="password_hash",
             )
         password_hash = data.password_hash
@@ -266,7 +267,8 @@ async def erase_user(session: AsyncSession, user: User) -> None:
 
 
 # Changes made by admins and by Digital River callbacks. Each function takes a user locked with
-# `lock_user`, so that concurrent changes to one user run one after the other, and flushes.
+# `lock_user`, so that concurrent changes to one user run one after the other. Each one flushes
+# and leaves the commit to the caller.
 
 
 async def lock_user(session: AsyncSession, user_key: uuid.UUID) -> User | None:
@@ -283,7 +285,8 @@ async def lock_user(session: AsyncSession, user_key: uuid.UUID) -> User | None:
 async def reload_user(session: AsyncSession, user_key: uuid.UUID) -> User:
     """Return the user read again from the database, replacing any state the session holds."""
     query = user_query().where(User.user_key == user_key).execution_options(populate_existing=True)
-    return (await session.execute(query)).scalar_one()
+    user: User = (await session.execute(query)).scalar_one()
+    return user
 
 
 def ensure_not_erased(user: User) -> None:
@@ -338,18 +341,9 @@ def _patch_attributes(user: User, patch: dict[str, str | None]) -> list[str]:
     return changed
 
 
-async def update_profile(session: AsyncSession, user: User, patch: ProfilePatch) -> list[str]:
-    """Apply `patch` (JSON merge patch meaning) to a locked user; return the changed fields.
-
-    Returns an empty list, and writes nothing, when the patch changes no value. Otherwise the
-    users row is updated too, so its `version` (the ETag) changes even when only an address
-    or attribute did. Raises ConflictError (`user_erased`) for an erased user and
-    ConflictError naming `login` when the new login belongs to another user.
-    """
-    ensure_not_erased(user)
+def _apply_profile_patch(user: User, patch: ProfilePatch) -> list[str]:
     sent = patch.model_fields_set
     changed: list[str] = []
-
     if "login" in sent and patch.login is not None and patch.login != user.login:
         user.login_normalized = normalize_login(patch.login)
         user.login = patch.login
@@ -364,17 +358,31 @@ async def update_profile(session: AsyncSession, user: User, patch: ProfilePatch)
             changed.extend(_patch_address(user, kind, getattr(patch, f"{kind}_address")))
     if "attributes" in sent and patch.attributes:
         changed.extend(_patch_attributes(user, patch.attributes))
+    return changed
 
-    if not changed:
-        return []
-    # Touch the row even when only addresses or attributes changed: the update trigger then
-    # bumps `version` and `updated_at`.
-    user.updated_at = func.now()
+
+async def update_profile(session: AsyncSession, user: User, patch: ProfilePatch) -> list[str]:
+    """Apply `patch` (JSON merge patch meaning) to a locked user; return the changed fields.
+
+    Returns an empty list, and writes nothing, when the patch changes no value. Otherwise the
+    users row is updated too, so its `version` (the ETag) changes even when only an address
+    or attribute did. Raises ConflictError (`user_erased`) for an erased user and
+    ConflictError naming `login` when the new login belongs to another user.
+    """
+    ensure_not_erased(user)
+    erid = user.external_reference_id  # read now: a rolled-back savepoint expires `user`
     try:
+        # The savepoint opens before any attribute changes: `begin_nested` flushes pending
+        # changes first, and a conflict must roll back only this change.
         async with session.begin_nested():
-            await session.flush()
+            changed = _apply_profile_patch(user, patch)
+            if changed:
+                # Touch the row even when only addresses or attributes changed: the update
+                # trigger then bumps `version` and `updated_at`.
+                user.updated_at = func.now()
+                await session.flush()
     except IntegrityError as exc:
-        raise await _conflict_from(session, exc, user.external_reference_id) from None
+        raise await _conflict_from(session, exc, erid) from None
     return changed
 
 

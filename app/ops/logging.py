@@ -64,7 +64,7 @@ def redact_secrets(
 
 
 class _OwnHandler(logging.Handler):
-    """The root handler installed here, told apart from handlers others add (pytest's capture).
+    """The root handler that `configure_logging` installs, distinct from others (pytest's capture).
 
     Without an explicit stream it writes to whatever `sys.stderr` is at the time of each
     record, so it keeps working when a test runner swaps and closes standard error.
@@ -150,18 +150,19 @@ def _find_request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == _REQUEST_ID_HEADER_BYTES:
             if _VALID_REQUEST_ID.fullmatch(value):
-                return value.decode("ascii")
+                return str(value.decode("ascii"))
             break
     return uuid.uuid4().hex
 
 
 class RequestContextMiddleware:
-    """Pure ASGI middleware: request id, access log line, error line and request metrics.
+    """Pure ASGI middleware: request id, one access log line and the request metrics.
 
     It must be the outermost user middleware, so it is added last in `create_app`. FastAPI's
-    `ServerErrorMiddleware` still sits outside it, so a 500 built from an unhandled exception
-    is sent without the `X-Request-ID` header. The id stays in the context and in
-    `request.state.request_id` for that handler.
+    `ServerErrorMiddleware` still sits outside it. An unhandled exception passes through here,
+    and the access line gets status 500 and the exception class. The app's `Exception` handler
+    (or uvicorn, when there is none) then logs the traceback. That outer handler reads the id
+    from `request.state.request_id` to set the response header.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -176,9 +177,12 @@ class RequestContextMiddleware:
         header = (_REQUEST_ID_HEADER_BYTES, request_id.encode("ascii"))
         scope.setdefault("state", {})["request_id"] = request_id
         _request_id.set(request_id)
+        # The id stays bound after the request: each request runs in its own task, whose
+        # context ends with it, and the error handler outside this middleware still logs it.
         structlog.contextvars.bind_contextvars(request_id=request_id)
 
         status = 500
+        error: str | None = None
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
@@ -194,28 +198,25 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_request_id)
         except Exception as exc:
             status = 500
-            error_logger.error(
-                "request.failed",
-                method=method,
-                route=route_template(scope, status),
-                error=type(exc).__name__,
-                exc_info=True,
-            )
+            error = type(exc).__name__
             raise
         finally:
             REQUESTS_IN_PROGRESS.dec()
             duration = time.perf_counter() - started
             route = route_template(scope, status)
             observe_request(method, route, status, duration)
-            access_logger.info(
-                "http.request",
-                method=method,
-                route=route,
-                status=status,
-                duration_ms=round(duration * 1000, 2),
-            )
-            # The id stays bound: each request runs in its own task, whose context ends with
-            # it, and an error handler outside this middleware still logs it.
+            fields: dict[str, Any] = {
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(duration * 1000, 2),
+            }
+            if error is not None:
+                fields["error"] = error
+            if status >= 500:
+                access_logger.error("http.request", **fields)
+            else:
+                access_logger.info("http.request", **fields)
 
 
 def log_handled_error(event: str, *, status: int, error: str, **fields: Any) -> None:

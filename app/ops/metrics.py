@@ -46,7 +46,7 @@ from starlette.types import Scope
 
 MULTIPROCESS_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
 
-# Request latency buckets in seconds: DR's callbacks should answer well under a second.
+# Request latency buckets in seconds: DR's callbacks should respond well under a second.
 _LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
@@ -146,8 +146,8 @@ _T = TypeVar("_T")
 def count_login_outcomes(function: Callable[_A, Awaitable[_T]]) -> Callable[_A, Awaitable[_T]]:
     """Decorate a login check whose result has an `outcome` enum, counting each decision.
 
-    The enum value `success` counts as a success; any other value is the failure reason, and a
-    value missing from `LOGIN_REASONS` counts as `other` so a new outcome cannot break logins.
+    The enum value `success` counts as a success, and any other value is the failure reason.
+    A value missing from `LOGIN_REASONS` counts as `other`, so a new outcome cannot break logins.
     """
 
     @functools.wraps(function)
@@ -273,7 +273,7 @@ def instrument_pool(engine: AsyncEngine) -> None:
 def mark_worker_stopped() -> None:
     """Drop this process's live gauges from the shared directory when the worker stops."""
     if multiprocess_enabled():
-        multiprocess.mark_process_dead(os.getpid())
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 def prepare_multiprocess_dir(workers: int) -> Path | None:

@@ -83,6 +83,105 @@ PROFILE_FAILURE = f"""<?xml version="1.0" encoding="UTF-8"?>
   <errorMessage>User not active</errorMessage>
 </ns1:GetUserProfileResponse>"""
 
+SESSION_REQUEST = f"""<?xml version="1.0" encoding="UTF-8"?>
+<ns1:ValidateSessionRequest {_ENVELOPE}>
+  <userKey xsi:type="ns2:UserKey" {_COMMON}>
+    <userID xsi:nil="true"/>
+    <externalReferenceID xsi:nil="true"/>
+    <companyID xsi:nil="true"/>
+    <loginID xsi:nil="true"/>
+    <siteID xsi:type="xsd:string">headwtr</siteID>
+  </userKey>
+  <sessionToken xsi:type="xsd:string">q3Jv0kYdQ2m8Wl4Zt9XbN1cRfHs7Ue5Ga6Pi0OjLwEy</sessionToken>
+  <extendedAttributes xsi:nil="true"/>
+</ns1:ValidateSessionRequest>"""
+
+SESSION_SUCCESS = f"""<?xml version="1.0" encoding="UTF-8"?>
+<ns1:ValidateSessionResponse {_ENVELOPE} {_COMMON} xsi:type="ns1:ValidateSessionResponse">
+  <successful>true</successful>
+  <ns2:userKey>
+    <ns2:userID xsi:nil="true"/>
+    <ns2:externalReferenceID>D05B4D68-F49D-11DA-8019-88F835DA4C6C</ns2:externalReferenceID>
+    <ns2:companyID xsi:nil="true"/>
+    <ns2:loginID>demo@digitalriver.com</ns2:loginID>
+    <ns2:siteID>headwtr</ns2:siteID>
+  </ns2:userKey>
+  <ns2:extendedAttributes>
+    <ns2:item>
+      <ns2:name>crmSession</ns2:name>
+      <ns2:value>F3CB68D6-1643-11DD-8402-E6326E64542C/8443</ns2:value>
+      <ns2:valueDataType>string</ns2:valueDataType>
+    </ns2:item>
+  </ns2:extendedAttributes>
+</ns1:ValidateSessionResponse>"""
+
+SESSION_FAILURE = f"""<?xml version="1.0" encoding="UTF-8"?>
+<ns1:ValidateSessionResponse {_ENVELOPE} {_COMMON} xsi:type="ns1:ValidateSessionResponse">
+  <successful>false</successful>
+  <errorCode>20</errorCode>
+  <errorMessage>Invalid session</errorMessage>
+</ns1:ValidateSessionResponse>"""
+
+CREATE_REQUEST = f"""<?xml version="1.0" encoding="UTF-8"?>
+<ns1:CreateUserProfileRequest {_ENVELOPE}>
+  <userInfo xsi:type="ns2:UserInfo" {_COMMON}>
+    <userKey xsi:type="ns2:UserKey">
+      <userID xsi:nil="true"/>
+      <externalReferenceID xsi:nil="true"/>
+      <companyID xsi:nil="true"/>
+      <loginID xsi:type="xsd:string">jane.doe@example.com</loginID>
+      <siteID xsi:type="xsd:string">headwtr</siteID>
+    </userKey>
+    <firstName xsi:type="xsd:string">Jane</firstName>
+    <lastName xsi:type="xsd:string">Doe</lastName>
+    <email xsi:type="xsd:string">jane.doe@example.com</email>
+    <locale xsi:type="xsd:string">en_US</locale>
+    <homePhone xsi:type="xsd:string">952-555-0100</homePhone>
+    <shippingAddress xsi:type="ns2:AddressInfo">
+      <line1 xsi:type="xsd:string">10380 Bren Road West</line1>
+      <city xsi:type="xsd:string">Minnetonka</city>
+      <state xsi:type="xsd:string">MN</state>
+      <postalCode xsi:type="xsd:string">55343</postalCode>
+      <country xsi:type="xsd:string">US</country>
+    </shippingAddress>
+    <billingAddress xsi:nil="true"/>
+  </userInfo>
+  <password xsi:type="xsd:string">correct horse battery</password>
+  <extendedAttributes xsi:type="ns2:ExtendedAttributesInfoArray" {_COMMON}>
+    <item xsi:type="ns2:ExtendedAttributesInfo">
+      <name xsi:type="xsd:string">hasAcceptedTermsNConditions</name>
+      <value xsi:type="xsd:string">true</value>
+      <valueDataType xsi:type="xsd:string">string</valueDataType>
+    </item>
+  </extendedAttributes>
+</ns1:CreateUserProfileRequest>"""
+
+CREATE_SUCCESS = f"""<?xml version="1.0" encoding="UTF-8"?>
+<ns1:CreateUserProfileResponse {_ENVELOPE} {_COMMON} xsi:type="ns1:CreateUserProfileResponse">
+  <successful>true</successful>
+  <ns2:userKey>
+    <ns2:userID xsi:nil="true"/>
+    <ns2:externalReferenceID>5C4C2E8A-3B1D-4F0E-9A7B-2D6E8F1A3C5B</ns2:externalReferenceID>
+    <ns2:companyID xsi:nil="true"/>
+    <ns2:loginID>jane.doe@example.com</ns2:loginID>
+    <ns2:siteID>headwtr</ns2:siteID>
+  </ns2:userKey>
+</ns1:CreateUserProfileResponse>"""
+
+CREATE_CONFLICT = f"""<?xml version="1.0" encoding="UTF-8"?>
+<ns1:CreateUserProfileResponse {_ENVELOPE} {_COMMON} xsi:type="ns1:CreateUserProfileResponse">
+  <successful>false</successful>
+  <errorCode>5</errorCode>
+  <errorMessage>Email already used</errorMessage>
+</ns1:CreateUserProfileResponse>"""
+
+CREATE_INVALID = f"""<?xml version="1.0" encoding="UTF-8"?>
+<ns1:CreateUserProfileResponse {_ENVELOPE} {_COMMON} xsi:type="ns1:CreateUserProfileResponse">
+  <successful>false</successful>
+  <errorCode>30</errorCode>
+  <errorMessage>userInfo/shippingAddress/country: country must be an ISO 3166-1 alpha-2 code such as US or DE</errorMessage>
+</ns1:CreateUserProfileResponse>"""
+
 BAD_REQUEST = """<?xml version="1.0" encoding="UTF-8"?>
 <error><code>missing_field</code><message>LoginRequest is missing userKey/loginID.</message></error>"""
 

@@ -5,7 +5,7 @@ service's, documented in docs/callbacks.md):
 
 | code | message | when |
 |---|---|---|
-| 5 | Invalid login | unknown login, wrong password (one body for both) |
+| 5 | Invalid login | unknown login, wrong password, locked account (one body for all) |
 | 6 | User not active | a disabled user, told only after the correct password |
 """
 
@@ -23,7 +23,17 @@ from app.identity.service import LoginOutcome, address_of, authenticate, find_us
 from app.identity.identifiers import ERID_RE
 from app.models import User, UserAddress
 from app.rum import xml
-from app.rum.events import record_event
+from app.rum.attributes import returned_attributes
+from app.rum.events import record_event, source_address_of
+from app.rum.password_cipher import decrypt_request_password
+from app.rum.registration import handle_create_user
+from app.rum.session_validation import handle_session_validation
+from app.security.login_guard import (
+    SourceThrottledError,
+    close_login_gate,
+    open_login_gate,
+    verify_rejected_login,
+)
 from app.settings import Settings
 
 INVALID_LOGIN = ("5", "Invalid login")
@@ -48,21 +58,61 @@ Handler = Callable[[CallbackContext, Any], Awaitable[bytes]]
 
 
 async def handle_login(context: CallbackContext, message: xml.LoginRequest) -> bytes:
-    """Authenticate a shopper; unknown login and wrong password get one identical answer."""
+    """Authenticate a shopper; unknown login and wrong password get one identical answer.
+
+    A locked account gets that answer too, after the same lookup and argon2id work, so
+    neither the body nor the time shows the lockout. A blocked source address gets
+    SourceThrottledError, which the callback layer answers with 429.
+    """
     site_id = context.site_id(message.site_id)
-    result = await authenticate(context.session, context.hasher, message.login_id, message.password)
-    user = result.user
-    if result.outcome is LoginOutcome.SUCCESS and user is not None:
-        body = xml.render_login_success(
-            user.login or message.login_id, user.external_reference_id, site_id
+    gate = await open_login_gate(
+        context.session, context.settings, message.login_id, source_address_of(context.request)
+    )
+    if gate.throttled_for_seconds is not None:
+        record_event(
+            context.session, context.request, kind="login", outcome="failure",
+            reason="throttled", site_id=site_id,
         )
-        outcome, reason = "success", None
-    elif result.outcome is LoginOutcome.DISABLED:
-        body = xml.render_login_failure(*USER_NOT_ACTIVE)
-        outcome, reason = "failure", "disabled"
-    else:
+        await context.session.commit()
+        raise SourceThrottledError(gate.throttled_for_seconds)
+
+    password = decrypt_request_password(context.settings, message.password, "LoginRequest")
+    if gate.account_locked:
+        user = await verify_rejected_login(
+            context.session,
+            context.hasher,
+            message.login_id,
+            message.password if password is None else password,
+        )
         body = xml.render_login_failure(*INVALID_LOGIN)
-        outcome, reason = "failure", result.outcome.value
+        outcome, reason = "failure", "locked"
+    elif password is None:
+        # The same argon2id work as a wrong password, so the time does not reveal the failure.
+        await context.hasher.verify(message.password, None)
+        user = None
+        body = xml.render_login_failure(*INVALID_LOGIN)
+        outcome, reason = "failure", "decryption_failed"
+    else:
+        result = await authenticate(context.session, context.hasher, message.login_id, password)
+        user = result.user
+        if result.outcome is LoginOutcome.SUCCESS and user is not None:
+            body = xml.render_login_success(
+                user.login or message.login_id,
+                user.external_reference_id,
+                site_id,
+                returned_attributes(user, context.settings),
+            )
+            outcome, reason = "success", None
+        elif result.outcome is LoginOutcome.DISABLED:
+            body = xml.render_login_failure(*USER_NOT_ACTIVE)
+            outcome, reason = "failure", "disabled"
+        else:
+            body = xml.render_login_failure(*INVALID_LOGIN)
+            outcome, reason = "failure", result.outcome.value
+    await close_login_gate(
+        context.session, context.request, context.settings, gate,
+        succeeded=outcome == "success", user=user,
+    )
     record_event(
         context.session,
         context.request,
@@ -127,7 +177,9 @@ async def handle_profile(context: CallbackContext, message: xml.ProfileRequest) 
         body = xml.render_profile(None, PROFILE_NOT_ACTIVE)
         outcome, reason = "failure", "disabled"
     else:
-        body = xml.render_profile(user_info(user, site_id), "")
+        body = xml.render_profile(
+            user_info(user, site_id), "", returned_attributes(user, context.settings)
+        )
         outcome, reason = "success", None
     record_event(
         context.session,
@@ -146,4 +198,6 @@ async def handle_profile(context: CallbackContext, message: xml.ProfileRequest) 
 HANDLERS: dict[type[Any], Handler] = {
     xml.LoginRequest: handle_login,
     xml.ProfileRequest: handle_profile,
+    xml.SessionValidationRequest: handle_session_validation,
+    xml.CreateUserRequest: handle_create_user,
 }

@@ -10,12 +10,13 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import exc as sa_exc
 
+from app.db.errors import is_database_unavailable
 from app.deps import HasherDep, SessionDep, SettingsDep
 from app.rum import examples, xml
 from app.rum.handlers import HANDLERS, CallbackContext
 from app.rum.security import CallerRejectedError, check_caller
+from app.security.login_guard import SourceThrottledError
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -63,11 +64,7 @@ def _content_type_accepted(request: Request) -> bool:
 
 
 def _is_database_unavailable(error: Exception) -> bool:
-    if isinstance(error, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError):
-        return True
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return True
-    return isinstance(error, OSError | TimeoutError)
+    return is_database_unavailable(error)
 
 
 async def process_callback(
@@ -95,7 +92,10 @@ async def process_callback(
 
     try:
         message = xml.parse_request(
-            body, max_depth=settings.xml_max_depth, max_elements=settings.xml_max_elements
+            body,
+            max_depth=settings.xml_max_depth,
+            max_elements=settings.xml_max_elements,
+            max_text_length=settings.xml_max_text_length,
         )
     except xml.XMLRequestError as error:
         logger.info("rum.bad_request code=%s", error.code)
@@ -113,6 +113,13 @@ async def process_callback(
 
     try:
         answer = await handler(context, message)
+    except SourceThrottledError as throttled:
+        return xml_error(
+            429,
+            "too_many_requests",
+            "too many failed logins from this source address: retry later",
+            {"Retry-After": str(throttled.retry_after_seconds)},
+        )
     except Exception as error:
         await context.session.rollback()
         if _is_database_unavailable(error):
@@ -137,11 +144,18 @@ def _context(request: Request, session: Any, settings: Settings, hasher: Any) ->
     summary="Any callback, dispatched on the root element",
     response_class=Response,
     openapi_extra=examples.openapi_for(
-        {"LoginRequest": examples.LOGIN_REQUEST, "GetUserProfileRequest": examples.PROFILE_REQUEST},
+        {
+            "LoginRequest": examples.LOGIN_REQUEST,
+            "GetUserProfileRequest": examples.PROFILE_REQUEST,
+            "ValidateSessionRequest": examples.SESSION_REQUEST,
+            "CreateUserProfileRequest": examples.CREATE_REQUEST,
+        },
         {
             "LoginResponse (success)": examples.LOGIN_SUCCESS,
             "LoginResponse (failure)": examples.LOGIN_FAILURE,
             "GetUserProfileResponse": examples.PROFILE_SUCCESS,
+            "ValidateSessionResponse (success)": examples.SESSION_SUCCESS,
+            "CreateUserProfileResponse (success)": examples.CREATE_SUCCESS,
         },
     ),
 )
@@ -182,4 +196,45 @@ async def profile_callback(
 ) -> Response:
     return await process_callback(
         request, _context(request, session, settings, hasher), settings, (xml.ProfileRequest,)
+    )
+
+
+@router.post(
+    "/session",
+    summary="RemoteSessionValidation: identify the shopper who owns a session token",
+    response_class=Response,
+    openapi_extra=examples.openapi_for(
+        {"ValidateSessionRequest": examples.SESSION_REQUEST},
+        {"success": examples.SESSION_SUCCESS, "failure (expired token)": examples.SESSION_FAILURE},
+    ),
+)
+async def session_callback(
+    request: Request, session: SessionDep, settings: SettingsDep, hasher: HasherDep
+) -> Response:
+    return await process_callback(
+        request,
+        _context(request, session, settings, hasher),
+        settings,
+        (xml.SessionValidationRequest,),
+    )
+
+
+@router.post(
+    "/create-user",
+    summary="RemoteCreateUser: register a new shopper",
+    response_class=Response,
+    openapi_extra=examples.openapi_for(
+        {"CreateUserProfileRequest": examples.CREATE_REQUEST},
+        {
+            "success": examples.CREATE_SUCCESS,
+            "login taken": examples.CREATE_CONFLICT,
+            "invalid field": examples.CREATE_INVALID,
+        },
+    ),
+)
+async def create_user_callback(
+    request: Request, session: SessionDep, settings: SettingsDep, hasher: HasherDep
+) -> Response:
+    return await process_callback(
+        request, _context(request, session, settings, hasher), settings, (xml.CreateUserRequest,)
     )

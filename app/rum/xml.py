@@ -34,7 +34,7 @@ class XMLRequestError(ValueError):
     """Request body that cannot be accepted, with a stable short code and a plain message.
 
     Codes: ``malformed``, ``invalid_encoding``, ``encoding_mismatch``, ``unsupported_encoding``,
-    ``dtd_forbidden``, ``entity_forbidden``, ``too_deep``, ``too_many_elements``,
+    ``dtd_forbidden``, ``entity_forbidden``, ``too_deep``, ``too_many_elements``, ``text_too_long``,
     ``unknown_root`` and ``missing_field``.
     """
 
@@ -269,14 +269,20 @@ class _LimitedTreeBuilder:
     and the tree never contains more than ``max_elements`` elements.
     """
 
-    def __init__(self, max_depth: int, max_elements: int) -> None:
+    def __init__(
+        self, max_depth: int, max_elements: int, max_text_length: int | None = None
+    ) -> None:
         self._builder = TreeBuilder()
         self._max_depth = max_depth
         self._max_elements = max_elements
+        self._max_text_length = max_text_length
         self._depth = 0
         self._element_count = 0
+        # Characters of text since the last tag: expat delivers one text node in pieces.
+        self._text_length = 0
 
     def start(self, tag: str, attributes: dict[str, str]) -> Element:
+        self._text_length = 0
         self._depth += 1
         self._element_count += 1
         if self._depth > self._max_depth:
@@ -292,10 +298,17 @@ class _LimitedTreeBuilder:
         return self._builder.start(tag, attributes)
 
     def end(self, tag: str) -> Element:
+        self._text_length = 0
         self._depth -= 1
         return self._builder.end(tag)
 
     def data(self, text: str) -> None:
+        self._text_length += len(text)
+        if self._max_text_length is not None and self._text_length > self._max_text_length:
+            raise _LimitExceededError(
+                "text_too_long",
+                f"A text node is longer than {self._max_text_length} characters.",
+            )
         self._builder.data(text)
 
     def close(self) -> Element:
@@ -306,19 +319,22 @@ def _position_suffix(line: int, zero_based_column: int) -> str:
     return f"line {line}, column {zero_based_column + 1}"
 
 
-def parse_document(body: bytes, *, max_depth: int, max_elements: int) -> Element:
+def parse_document(
+    body: bytes, *, max_depth: int, max_elements: int, max_text_length: int | None = None
+) -> Element:
     """Parse an XML request body into an element tree, rejecting anything unsafe or invalid.
 
     DTDs (and with them every entity declaration and external reference) are rejected as soon as
     the DOCTYPE starts, so no declared entity is expanded and nothing is fetched. ``max_depth``
-    counts the root as depth 1. The body size is not limited here: the HTTP layer caps it.
+    counts the root as depth 1, and ``max_text_length`` caps each run of text between two tags.
+    The body size is not limited here: the HTTP layer caps it.
     Carriage returns in text reach the tree as line feeds, as XML requires, unless they were
     sent as ``&#13;``.
 
     Raises:
         XMLRequestError: with code malformed, invalid_encoding, encoding_mismatch,
-            unsupported_encoding, dtd_forbidden, entity_forbidden, too_deep or
-            too_many_elements.
+            unsupported_encoding, dtd_forbidden, entity_forbidden, too_deep,
+            too_many_elements or text_too_long.
         ValueError: if a limit is less than 1.
     """
     if max_depth < 1 or max_elements < 1:
@@ -327,7 +343,7 @@ def parse_document(body: bytes, *, max_depth: int, max_elements: int) -> Element
         )
 
     data = memoryview(_to_utf8(body))
-    target = _LimitedTreeBuilder(max_depth, max_elements)
+    target = _LimitedTreeBuilder(max_depth, max_elements, max_text_length)
     # encoding="utf-8" overrides any declaration, which _to_utf8 has checked and transcoded.
     parser = DefusedXMLParser(
         target=target,
@@ -693,7 +709,9 @@ _REQUEST_READERS: Final[dict[str, Callable[[Element], RumRequest]]] = {
 }
 
 
-def parse_request(body: bytes, *, max_depth: int, max_elements: int) -> RumRequest:
+def parse_request(
+    body: bytes, *, max_depth: int, max_elements: int, max_text_length: int | None = None
+) -> RumRequest:
     """Parse a DR callback body into the request dataclass that matches its root element.
 
     The root must be in the RemoteUserManagement namespace. Children are matched by local name
@@ -706,7 +724,9 @@ def parse_request(body: bytes, *, max_depth: int, max_elements: int) -> RumReque
         XMLRequestError: for every error ``parse_document`` raises, and with code
             unknown_root or missing_field.
     """
-    root = parse_document(body, max_depth=max_depth, max_elements=max_elements)
+    root = parse_document(
+        body, max_depth=max_depth, max_elements=max_elements, max_text_length=max_text_length
+    )
     reader = _REQUEST_READERS.get(root.tag)
     if reader is None:
         expected = ", ".join(sorted({_local_name(tag) for tag in _REQUEST_READERS}))

@@ -1,0 +1,603 @@
+"""Bulk import: validate rows in Python, COPY them to staging tables, check and insert in SQL.
+
+The whole import runs in one transaction of the caller's session (inside a savepoint), so an
+import that is interrupted, rejected or run as a dry run leaves the store unchanged:
+
+1. Records are read and validated in batches; each batch goes to TEMP staging tables with
+   asyncpg's binary COPY (`copy_records_to_table`). Row errors go to a staging table too, so
+   memory stays flat however many rows fail.
+2. Set-based queries find duplicates inside the file (ERIDs compared case-insensitively, logins
+   after normalisation, user_keys) and conflicts with existing users and with the ledger of
+   issued identifiers.
+3. Unless anything was rejected (or `skip_invalid` is set), `INSERT ... SELECT` statements
+   copy the accepted rows into users, user_addresses and user_attributes in file order.
+
+The database's own unique indexes and ledger trigger still guard the insert: a user created by
+someone else between the check and the insert makes the insert fail, and the import with it.
+"""
+
+# ruff: noqa: S608 - the SQL is assembled from constant column and table names only; values are bind parameters.
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import asyncpg
+from passlib.context import CryptContext
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.identity.passwords import ACCEPTED_SCHEMES, PasswordHasher
+from app.models.user import ADDRESS_FIELDS
+from app.transfer.formats import FileFormat, RawRecord, read_records
+from app.transfer.validate import RowError, RowValidator, StagedUser
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_ROWS = 5000
+# Client-side limit for one bulk statement. The engine's asyncpg `command_timeout` is sized
+# for requests (seconds), so every call here passes this instead.
+BULK_TIMEOUT_SECONDS = 24 * 3600.0
+
+USER_STAGING_COLUMNS = (
+    "row_number",
+    "valid",
+    "user_key",
+    "user_key_given",
+    "external_reference_id",
+    "erid_given",
+    "login",
+    "login_normalized",
+    "email",
+    "first_name",
+    "last_name",
+    "locale",
+    "home_phone",
+    "status",
+    "password_hash",
+)
+ADDRESS_STAGING_COLUMNS = ("user_key", "kind", *ADDRESS_FIELDS)
+ATTRIBUTE_STAGING_COLUMNS = ("user_key", "name", "value")
+ERROR_STAGING_COLUMNS = ("row_number", "phase", "field", "code", "message")
+
+# Phase of an error, the second sort key of the report: field checks come before conflicts.
+_PHASE_FIELDS = 0
+_PHASE_CONFLICTS = 1
+
+_CREATE_STAGING = [
+    """
+    CREATE TEMP TABLE import_rows (
+        row_number integer NOT NULL,
+        valid boolean NOT NULL,
+        user_key uuid,
+        user_key_given boolean NOT NULL,
+        external_reference_id text,
+        erid_given boolean NOT NULL,
+        login text,
+        login_normalized text,
+        email text,
+        first_name text,
+        last_name text,
+        locale text,
+        home_phone text,
+        status text,
+        password_hash text
+    ) ON COMMIT DROP
+    """,
+    "CREATE TEMP TABLE import_addresses (user_key uuid NOT NULL, kind text NOT NULL, "
+    + ", ".join(f"{name} text" for name in ADDRESS_FIELDS)
+    + ") ON COMMIT DROP",
+    "CREATE TEMP TABLE import_attributes (user_key uuid NOT NULL, name text NOT NULL, "
+    "value text NOT NULL) ON COMMIT DROP",
+    "CREATE TEMP TABLE import_errors (row_number integer NOT NULL, phase smallint NOT NULL, "
+    "field text NOT NULL, code text NOT NULL, message text NOT NULL) ON COMMIT DROP",
+    "CREATE TEMP TABLE import_inserted (id bigint NOT NULL, user_key uuid NOT NULL) ON COMMIT DROP",
+]
+_STAGING_TABLES = (
+    "import_rows",
+    "import_addresses",
+    "import_attributes",
+    "import_errors",
+    "import_inserted",
+)
+
+
+def _duplicate_in_file_sql(
+    column: str, field_name: str, condition: str, explanation: str, *, shown: str | None = None
+) -> str:
+    """Build the query that reports every row sharing `column` with another row of the file.
+
+    Each row names one other row: the first one of its group, or the second for the first.
+    """
+    return f"""
+    INSERT INTO import_errors (row_number, phase, field, code, message)
+    SELECT row_number, {_PHASE_CONFLICTS}, '{field_name}', 'duplicate_in_file',
+           format('{field_name} %s is also in row %s{explanation}; %s rows share it, and '
+                  'none of them is imported',
+                  value, CASE WHEN row_number = first_row THEN second_row ELSE first_row END,
+                  group_size)
+    FROM (
+        SELECT row_number, {shown or column}::text AS value,
+               count(*) OVER w AS group_size,
+               first_value(row_number) OVER w AS first_row,
+               nth_value(row_number, 2) OVER w AS second_row
+        FROM import_rows
+        WHERE {condition}
+        WINDOW w AS (PARTITION BY {_group_key(column)} ORDER BY row_number
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+    ) grouped
+    WHERE group_size > 1
+    """
+
+
+def _group_key(column: str) -> str:
+    return "lower(external_reference_id)" if column == "external_reference_id" else column
+
+
+_CONFLICT_QUERIES = [
+    _duplicate_in_file_sql(
+        "external_reference_id",
+        "external_reference_id",
+        "erid_given",
+        " (ERIDs are compared case-insensitively)",
+    ),
+    _duplicate_in_file_sql(
+        "login_normalized",
+        "login",
+        "login_normalized IS NOT NULL",
+        " after normalisation (Unicode NFKC and case folding)",
+        shown="login",
+    ),
+    _duplicate_in_file_sql("user_key", "user_key", "user_key_given", ""),
+    # The ledger contains every ERID ever issued, so it covers live and erased users alike.
+    f"""
+    INSERT INTO import_errors (row_number, phase, field, code, message)
+    SELECT s.row_number, {_PHASE_CONFLICTS}, 'external_reference_id',
+           CASE WHEN u.status IS NULL OR u.status = 'erased'
+                THEN 'identifier_reserved' ELSE 'already_exists' END,
+           CASE WHEN u.status IS NULL OR u.status = 'erased'
+                THEN format('external_reference_id %s was issued to a user who has been erased '
+                            'and stays reserved: give this user another ERID',
+                            s.external_reference_id)
+                ELSE format('external_reference_id %s already belongs to an existing user '
+                            '(ERIDs are compared case-insensitively)', s.external_reference_id)
+           END
+    FROM import_rows s
+    JOIN issued_identifiers i ON lower(i.external_reference_id) = lower(s.external_reference_id)
+    LEFT JOIN users u ON u.user_key = i.user_key
+    WHERE s.erid_given
+    """,
+    f"""
+    INSERT INTO import_errors (row_number, phase, field, code, message)
+    SELECT s.row_number, {_PHASE_CONFLICTS}, 'login', 'already_exists',
+           format('login %s is already taken by an existing user (logins are compared after '
+                  'Unicode NFKC normalisation and case folding)', s.login)
+    FROM import_rows s
+    JOIN users u ON u.login_normalized = s.login_normalized
+    WHERE s.login_normalized IS NOT NULL
+    """,
+    f"""
+    INSERT INTO import_errors (row_number, phase, field, code, message)
+    SELECT s.row_number, {_PHASE_CONFLICTS}, 'user_key',
+           CASE WHEN u.status IS NULL OR u.status = 'erased'
+                THEN 'identifier_reserved' ELSE 'already_exists' END,
+           CASE WHEN u.status IS NULL OR u.status = 'erased'
+                THEN format('user_key %s was issued to a user who has been erased and stays '
+                            'reserved: leave user_key empty to have one generated', s.user_key)
+                ELSE format('user_key %s already belongs to an existing user', s.user_key)
+           END
+    FROM import_rows s
+    JOIN issued_identifiers i ON i.user_key = s.user_key
+    LEFT JOIN users u ON u.user_key = i.user_key
+    WHERE s.user_key_given
+    """,
+]
+
+_ACCEPTED_ROWS = """
+    FROM import_rows s
+    WHERE s.valid
+      AND NOT EXISTS (SELECT 1 FROM import_errors e WHERE e.row_number = s.row_number)
+"""
+
+_INSERT_USERS = f"""
+    WITH inserted AS (
+        INSERT INTO users (user_key, external_reference_id, login, login_normalized, email,
+                           first_name, last_name, locale, home_phone, status, password_hash,
+                           password_changed_at, created_via)
+        SELECT s.user_key, s.external_reference_id, s.login, s.login_normalized, s.email,
+               s.first_name, s.last_name, s.locale, s.home_phone, s.status, s.password_hash,
+               CASE WHEN s.password_hash IS NULL THEN NULL ELSE now() END, $1
+        {_ACCEPTED_ROWS}
+        ORDER BY s.row_number
+        RETURNING id, user_key
+    )
+    INSERT INTO import_inserted (id, user_key) SELECT id, user_key FROM inserted
+"""
+
+_INSERT_ADDRESSES = f"""
+    INSERT INTO user_addresses (user_id, kind, {", ".join(ADDRESS_FIELDS)})
+    SELECT i.id, a.kind, {", ".join(f"a.{name}" for name in ADDRESS_FIELDS)}
+    FROM import_addresses a JOIN import_inserted i ON i.user_key = a.user_key
+"""
+
+_INSERT_ATTRIBUTES = """
+    INSERT INTO user_attributes (user_id, name, value)
+    SELECT i.id, a.name, a.value
+    FROM import_attributes a JOIN import_inserted i ON i.user_key = a.user_key
+"""
+
+
+class ImportAbortedError(Exception):
+    """The database rejected the insert; nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOptions:
+    file_format: FileFormat
+    dry_run: bool = False
+    skip_invalid: bool = False
+    allow_plain_passwords: bool = False
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    # Processes that validate rows; 1 validates in the calling process.
+    workers: int = 1
+    created_via: str = "import"
+    actor_name: str = "cli"
+    actor_key_id: uuid.UUID | None = None
+    source_name: str | None = None
+
+
+@dataclass(slots=True)
+class ImportSummary:
+    """Counts of one import; `written` is True only when users were inserted."""
+
+    rows_read: int = 0
+    rows_valid: int = 0
+    rows_rejected: int = 0
+    rows_imported: int = 0
+    errors: int = 0
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+    skip_invalid: bool = False
+    written: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows_read": self.rows_read,
+            "rows_valid": self.rows_valid,
+            "rows_rejected": self.rows_rejected,
+            "rows_imported": self.rows_imported,
+            "errors": self.errors,
+            "errors_by_code": dict(sorted(self.errors_by_code.items())),
+            "dry_run": self.dry_run,
+            "skip_invalid": self.skip_invalid,
+            "written": self.written,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Progress of an import for a display: the phase and the number of records read."""
+
+    phase: str
+    rows_read: int
+    elapsed: float
+
+
+ProgressCallback = Callable[[Progress], None]
+ReportCallback = Callable[[RowError], Awaitable[None] | None]
+
+
+async def raw_connection(session: AsyncSession) -> asyncpg.Connection:
+    """Return the asyncpg connection under `session`, inside the session's transaction."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert isinstance(driver, asyncpg.Connection)
+    if not driver.is_in_transaction():
+        # SQLAlchemy's asyncpg adapter sends BEGIN only before its own first statement, so a
+        # raw statement here would otherwise run outside the transaction.
+        await connection.exec_driver_sql("SELECT 1")
+    if not driver.is_in_transaction():
+        raise RuntimeError("the session did not open a transaction on its connection")
+    return driver
+
+
+def _batches(records: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass(slots=True)
+class BatchResult:
+    users: list[StagedUser]
+    errors: list[RowError]
+    rows_read: int
+    rows_valid: int
+
+
+def validate_batch(validator: RowValidator, batch: list[RawRecord]) -> BatchResult:
+    """Validate one batch of records; runs in this process or in a worker."""
+    result = BatchResult(users=[], errors=[], rows_read=len(batch), rows_valid=0)
+    for record in batch:
+        if record.data is None:
+            result.errors.append(
+                RowError(record.row, "row", "malformed_row", record.error or "unreadable record")
+            )
+            continue
+        staged, row_errors = validator.validate(record.row, record.data)
+        result.users.append(staged)
+        result.errors.extend(row_errors)
+        if staged.valid:
+            result.rows_valid += 1
+    return result
+
+
+_worker_validator: RowValidator | None = None
+
+
+def _start_worker(allow_plain_passwords: bool, min_length: int, max_length: int) -> None:
+    global _worker_validator
+    # Parsing a hash needs only the schemes, not the argon2 parameters of new hashes.
+    context = CryptContext(schemes=list(ACCEPTED_SCHEMES))
+    _worker_validator = RowValidator(
+        context,
+        allow_plain_passwords=allow_plain_passwords,
+        password_min_length=min_length,
+        password_max_length=max_length,
+    )
+
+
+def _validate_in_worker(batch: list[RawRecord]) -> BatchResult:
+    assert _worker_validator is not None, "the worker initializer did not run"
+    return validate_batch(_worker_validator, batch)
+
+
+class Importer:
+    """Run one import in the caller's session; the caller commits afterwards.
+
+    The report is delivered to `report` one error at a time, in row order, before the import's
+    savepoint is released or rolled back.
+    """
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        hasher: PasswordHasher,
+        options: ImportOptions,
+        *,
+        progress: ProgressCallback | None = None,
+        report: ReportCallback | None = None,
+    ) -> None:
+        self.session = session
+        self.hasher = hasher
+        self.options = options
+        self.progress = progress
+        self.report = report
+        self.summary = ImportSummary(dry_run=options.dry_run, skip_invalid=options.skip_invalid)
+        self.validator = RowValidator(
+            hasher.context,
+            allow_plain_passwords=options.allow_plain_passwords,
+            password_min_length=hasher.min_length,
+            password_max_length=hasher.max_length,
+        )
+        self._started = 0.0
+
+    def _tick(self, phase: str) -> None:
+        if self.progress is not None:
+            elapsed = time.monotonic() - self._started
+            self.progress(Progress(phase, self.summary.rows_read, elapsed))
+
+    async def run(self, source: BinaryIO) -> ImportSummary:
+        """Import the records in `source`; raises FileFormatError before writing for a bad file."""
+        self._started = time.monotonic()
+        records = read_records(
+            source,
+            self.options.file_format,
+            allow_plain_passwords=self.options.allow_plain_passwords,
+        )
+        savepoint = await self.session.begin_nested()
+        try:
+            connection = await raw_connection(self.session)
+            # One import may run far longer than the service's per-statement limit; SET LOCAL
+            # lifts it for this transaction only.
+            await connection.execute(
+                "SET LOCAL statement_timeout = 0", timeout=BULK_TIMEOUT_SECONDS
+            )
+            for statement in (f"DROP TABLE IF EXISTS {name}" for name in _STAGING_TABLES):
+                await connection.execute(statement, timeout=BULK_TIMEOUT_SECONDS)
+            for statement in _CREATE_STAGING:
+                await connection.execute(statement, timeout=BULK_TIMEOUT_SECONDS)
+            await self._stage(connection, records)
+            await self._find_conflicts(connection)
+            should_write = not self.options.dry_run and (
+                self.summary.rows_rejected == 0 or self.options.skip_invalid
+            )
+            if should_write and self.summary.rows_read - self.summary.rows_rejected > 0:
+                await self._insert(connection)
+            await self._deliver_report(connection)
+            for name in _STAGING_TABLES:
+                await connection.execute(f"DROP TABLE {name}", timeout=BULK_TIMEOUT_SECONDS)
+        except BaseException:
+            if savepoint.is_active:
+                await savepoint.rollback()
+            raise
+        if self.summary.written:
+            await savepoint.commit()
+        else:
+            await savepoint.rollback()
+        self.summary.seconds = time.monotonic() - self._started
+        self._tick("done")
+        return self.summary
+
+    async def _stage(self, connection: asyncpg.Connection, records: Iterator[Any]) -> None:
+        batches = _batches(records, self.options.batch_rows)
+        if self.options.workers <= 1:
+            for batch in batches:
+                await self._load(connection, validate_batch(self.validator, batch))
+            return
+        # Worker processes validate the next batches while this process parses the file and
+        # runs COPY; results are loaded in file order.
+        loop = asyncio.get_running_loop()
+        pool = ProcessPoolExecutor(
+            max_workers=self.options.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(
+                self.options.allow_plain_passwords,
+                self.hasher.min_length,
+                self.hasher.max_length,
+            ),
+        )
+        with pool:
+            in_flight: deque[asyncio.Future[BatchResult]] = deque()
+            for batch in batches:
+                in_flight.append(loop.run_in_executor(pool, _validate_in_worker, batch))
+                if len(in_flight) > self.options.workers:
+                    await self._load(connection, await in_flight.popleft())
+            while in_flight:
+                await self._load(connection, await in_flight.popleft())
+
+    async def _load(self, connection: asyncpg.Connection, result: BatchResult) -> None:
+        self.summary.rows_read += result.rows_read
+        self.summary.rows_valid += result.rows_valid
+        await self._hash_plain_passwords(result.users)
+        await self._copy_batch(connection, result.users, result.errors)
+        self._tick("reading")
+
+    async def _hash_plain_passwords(self, users: list[StagedUser]) -> None:
+        pending = [user for user in users if user.valid and user.plain_password is not None]
+        # The hasher's thread pool bounds how many hashes run at once.
+        hashes = await asyncio.gather(
+            *(self.hasher.hash(user.plain_password or "") for user in pending)
+        )
+        for user, password_hash in zip(pending, hashes, strict=True):
+            user.password_hash = password_hash
+            user.plain_password = None
+
+    async def _copy_batch(
+        self, connection: asyncpg.Connection, users: list[StagedUser], errors: list[RowError]
+    ) -> None:
+        if users:
+            await connection.copy_records_to_table(
+                "import_rows",
+                records=[user.user_record() for user in users],
+                columns=USER_STAGING_COLUMNS,
+                timeout=BULK_TIMEOUT_SECONDS,
+            )
+        addresses = [
+            (user.user_key, *address) for user in users if user.valid for address in user.addresses
+        ]
+        if addresses:
+            await connection.copy_records_to_table(
+                "import_addresses",
+                records=addresses,
+                columns=ADDRESS_STAGING_COLUMNS,
+                timeout=BULK_TIMEOUT_SECONDS,
+            )
+        attributes = [
+            (user.user_key, name, value)
+            for user in users
+            if user.valid
+            for name, value in user.attributes
+        ]
+        if attributes:
+            await connection.copy_records_to_table(
+                "import_attributes",
+                records=attributes,
+                columns=ATTRIBUTE_STAGING_COLUMNS,
+                timeout=BULK_TIMEOUT_SECONDS,
+            )
+        if errors:
+            await connection.copy_records_to_table(
+                "import_errors",
+                records=[
+                    (error.row, _PHASE_FIELDS, error.field, error.code, error.message)
+                    for error in errors
+                ],
+                columns=ERROR_STAGING_COLUMNS,
+                timeout=BULK_TIMEOUT_SECONDS,
+            )
+
+    async def _find_conflicts(self, connection: asyncpg.Connection) -> None:
+        self._tick("checking")
+        await connection.execute("ANALYZE import_rows", timeout=BULK_TIMEOUT_SECONDS)
+        for query in _CONFLICT_QUERIES:
+            await connection.execute(query, timeout=BULK_TIMEOUT_SECONDS)
+        rows = await connection.fetch(
+            "SELECT code, count(*) AS errors FROM import_errors GROUP BY code",
+            timeout=BULK_TIMEOUT_SECONDS,
+        )
+        self.summary.errors_by_code = {row["code"]: row["errors"] for row in rows}
+        self.summary.errors = sum(self.summary.errors_by_code.values())
+        self.summary.rows_rejected = await connection.fetchval(
+            "SELECT count(DISTINCT row_number) FROM import_errors", timeout=BULK_TIMEOUT_SECONDS
+        )
+
+    async def _insert(self, connection: asyncpg.Connection) -> None:
+        self._tick("inserting")
+        try:
+            await connection.execute(
+                _INSERT_USERS, self.options.created_via, timeout=BULK_TIMEOUT_SECONDS
+            )
+            await connection.execute(_INSERT_ADDRESSES, timeout=BULK_TIMEOUT_SECONDS)
+            await connection.execute(_INSERT_ATTRIBUTES, timeout=BULK_TIMEOUT_SECONDS)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            logger.warning("import.aborted constraint=%s", getattr(exc, "constraint_name", None))
+            raise ImportAbortedError(
+                "the database rejected the insert because a user with one of the file's logins "
+                "or ERIDs was created while the import ran; nothing was written: run the "
+                "import again"
+            ) from None
+        self.summary.rows_imported = await connection.fetchval(
+            "SELECT count(*) FROM import_inserted", timeout=BULK_TIMEOUT_SECONDS
+        )
+        self.summary.written = self.summary.rows_imported > 0
+        await connection.execute(
+            "INSERT INTO audit_events (actor_key_id, actor_name, action, details) "
+            "VALUES ($1, $2, 'users.import', $3::jsonb)",
+            self.options.actor_key_id,
+            self.options.actor_name,
+            json.dumps(
+                {
+                    "source": self.options.source_name,
+                    "format": self.options.file_format,
+                    "rows_read": self.summary.rows_read,
+                    "rows_imported": self.summary.rows_imported,
+                    "rows_rejected": self.summary.rows_rejected,
+                }
+            ),
+        )
+
+    async def _deliver_report(self, connection: asyncpg.Connection) -> None:
+        if self.report is None or self.summary.errors == 0:
+            return
+        async for error in _report_rows(connection):
+            outcome = self.report(error)
+            if outcome is not None:
+                await outcome
+
+
+async def _report_rows(connection: asyncpg.Connection) -> AsyncIterator[RowError]:
+    query = (
+        "SELECT row_number, field, code, message FROM import_errors "
+        "ORDER BY row_number, phase, field, code"
+    )
+    async for row in connection.cursor(query, prefetch=2000, timeout=BULK_TIMEOUT_SECONDS):
+        yield RowError(row["row_number"], row["field"], row["code"], row["message"])

@@ -1,0 +1,190 @@
+"""Measure `sso-provider users import` on a generated file: users per second and peak memory.
+
+    .venv/bin/python bench/import_benchmark.py --count 1000000 \\
+        --server postgresql://postgres@127.0.0.1:5432/postgres
+
+Creates a fresh database on the server (dropped afterwards unless --keep) and applies the
+migrations. Generates the file with bench/generate_users.py unless --file names one. Runs the
+import as a subprocess and samples the resident memory of the importer and its children every
+50 ms. Prints one JSON object with the timings, the phase start times taken from the progress
+lines, and the peak resident memory of the importer process and of its whole process tree.
+"""
+
+# ruff: noqa: S108, S603 - a benchmark that runs this project's own commands in a scratch folder
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from app.db.url import to_async_url, to_libpq_dsn  # noqa: E402
+
+
+class MemorySampler(threading.Thread):
+    """Poll the resident set size of a process and its children until it exits."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak_main = 0
+        self.peak_tree = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            try:
+                main = self.process.memory_info().rss
+                tree = main + sum(
+                    child.memory_info().rss for child in self.process.children(recursive=True)
+                )
+            except psutil.Error:
+                return
+            self.peak_main = max(self.peak_main, main)
+            self.peak_tree = max(self.peak_tree, tree)
+            time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self._done.set()
+
+
+async def admin(server: str, statement: str) -> None:
+    connection = await asyncpg.connect(to_libpq_dsn(to_async_url(server)))
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+async def count_users(url: str) -> int:
+    connection = await asyncpg.connect(to_libpq_dsn(to_async_url(url)))
+    try:
+        return int(await connection.fetchval("SELECT count(*) FROM users"))
+    finally:
+        await connection.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--file", type=Path, help="Import this file instead of generating one.")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/sso-import-bench"))
+    parser.add_argument(
+        "--server",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="Maintenance database URL of the server to create the benchmark database on.",
+    )
+    parser.add_argument("--keep", action="store_true", help="Keep the benchmark database.")
+    parser.add_argument("--batch-rows", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=1, help="Passed to users import.")
+    args = parser.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    source = args.file
+    generation_seconds = None
+    if source is None:
+        source = args.workdir / f"users-{args.count}.csv"
+        if not source.exists():
+            started = time.monotonic()
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(PROJECT_ROOT / "bench" / "generate_users.py"),
+                    "--count",
+                    str(args.count),
+                    "--output",
+                    str(source),
+                ],
+                check=True,
+            )
+            generation_seconds = round(time.monotonic() - started, 1)
+
+    name = f"sso_import_bench_{secrets.token_hex(3)}"
+    asyncio.run(admin(args.server, f'CREATE DATABASE "{name}"'))
+    url = str(
+        to_async_url(args.server)
+        .set(drivername="postgresql", database=name)
+        .render_as_string(hide_password=False)
+    )
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("SSO_")}
+    environment.update(SSO_DATABASE_URL=url, SSO_ENVIRONMENT="development", SSO_LOG_LEVEL="warning")
+    command = str(Path(sys.executable).with_name("sso-provider"))
+    try:
+        subprocess.run([command, "migrate"], env=environment, check=True, capture_output=True)
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [
+                command,
+                "users",
+                "import",
+                str(source),
+                "--batch-rows",
+                str(args.batch_rows),
+                "--workers",
+                str(args.workers),
+            ],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        sampler = MemorySampler(process.pid)
+        sampler.start()
+        phases: dict[str, float] = {}
+        assert process.stderr is not None
+        for line in process.stderr:
+            # "import: <phase>: N rows read, R rows/s, S s"
+            parts = line.strip().split(": ")
+            if len(parts) == 3 and parts[0] == "import":
+                phases.setdefault(parts[1], float(parts[2].rsplit(", ", 1)[1].removesuffix(" s")))
+        stdout = process.stdout.read() if process.stdout else ""
+        process.wait()
+        seconds = time.monotonic() - started
+        sampler.stop()
+        sampler.join()
+        imported = asyncio.run(count_users(url))
+    finally:
+        if not args.keep:
+            asyncio.run(admin(args.server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    result = {
+        "file": str(source),
+        "file_bytes": source.stat().st_size,
+        "generation_seconds": generation_seconds,
+        "exit_code": process.returncode,
+        "workers": args.workers,
+        "users_imported": imported,
+        "seconds": round(seconds, 1),
+        "users_per_second": round(imported / seconds) if seconds else None,
+        "phase_started_at_seconds": phases,
+        "peak_rss_importer_mb": round(sampler.peak_main / 2**20),
+        "peak_rss_process_tree_mb": round(sampler.peak_tree / 2**20),
+        "summary_line": stdout.strip().splitlines()[-1] if stdout.strip() else None,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30),
+            "python": platform.python_version(),
+            "load_average_at_end": os.getloadavg(),
+        },
+    }
+    print(json.dumps(result, indent=2))
+    return 0 if process.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

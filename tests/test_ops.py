@@ -1,0 +1,410 @@
+"""Health and readiness probes, Prometheus metrics and the request-context middleware."""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.engine import Database, create_engine, create_sessionmaker
+from app.db.migrate import head_revision
+from app.identity.passwords import PasswordHasher
+from app.main import create_app
+from app.ops import get_request_id
+from app.ops.logging import REDACTED, configure_logging, log_handled_error
+from app.ops.metrics import LOCKOUTS, record_login
+from app.settings import Settings
+from tests.conftest import make_settings
+from tests.database import TestServer as DatabaseServer
+from tests.factories import DEFAULT_PASSWORD, make_user
+from tests.ops_helpers import json_lines, metric_value, service_log_text
+from tests.rum_messages import basic_auth, login_request, profile_request
+
+
+@pytest.fixture
+def logs(app: FastAPI) -> Iterator[io.StringIO]:
+    """JSON log lines at debug level, captured after the app (and its logging) is set up."""
+    stream = io.StringIO()
+    configure_logging(make_settings(log_format="json", log_level="debug"), stream=stream)
+    try:
+        yield stream
+    finally:
+        configure_logging(make_settings())
+
+
+async def running_client(application: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def scrape(client: httpx.AsyncClient) -> str:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    return response.text
+
+
+class TestHealth:
+    async def test_healthz_ok(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz")
+
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+    async def test_readyz_ready_at_head(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/readyz")
+
+        assert response.status_code == 200
+        body = response.json()
+        assert body["status"] == "ready"
+        assert body["checks"] == {"database": "ok", "migrations": "ok"}
+        assert body["revision"] == head_revision()
+        assert body["expected_revision"] == head_revision()
+
+    async def test_readyz_unmigrated_database(
+        self, settings: Settings, test_server: DatabaseServer
+    ) -> None:
+        url = await test_server.create("readyz_empty")
+        engine = create_engine(url, settings)
+        database = Database(url=url, engine=engine, sessionmaker=create_sessionmaker(engine))
+        try:
+            async for client in running_client(create_app(settings, database=database)):
+                response = await client.get("/readyz")
+        finally:
+            await engine.dispose()
+            await test_server.drop(url.database or "")
+
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "not_ready"
+        assert body["checks"] == {"database": "ok", "migrations": "not_applied"}
+        assert body["revision"] is None
+
+    async def test_readyz_older_revision(self, settings: Settings, fresh_database_url: URL) -> None:
+        engine = create_engine(fresh_database_url, settings)
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = '0000_older'"))
+        database = Database(
+            url=fresh_database_url, engine=engine, sessionmaker=create_sessionmaker(engine)
+        )
+        try:
+            async for client in running_client(create_app(settings, database=database)):
+                response = await client.get("/readyz")
+        finally:
+            await engine.dispose()
+
+        assert response.status_code == 503
+        assert response.json()["checks"] == {"database": "ok", "migrations": "behind"}
+        assert response.json()["revision"] == "0000_older"
+
+    async def test_readyz_database_unreachable(self, settings: Settings) -> None:
+        url = make_url(f"postgresql+asyncpg://nobody@127.0.0.1:{closed_port()}/nothing")
+        engine = create_engine(url, settings)
+        database = Database(url=url, engine=engine, sessionmaker=create_sessionmaker(engine))
+        stream = io.StringIO()
+        try:
+            async for client in running_client(create_app(settings, database=database)):
+                configure_logging(make_settings(log_format="json"), stream=stream)
+                first = await client.get("/readyz")
+                second = await client.get("/readyz")
+                health = await client.get("/healthz")
+        finally:
+            configure_logging(make_settings())
+            await engine.dispose()
+
+        assert first.status_code == second.status_code == 503
+        assert first.json()["checks"] == {"database": "unreachable", "migrations": "unknown"}
+        assert health.status_code == 200
+        warnings = [line for line in json_lines(stream) if line["event"] == "readiness.not_ready"]
+        assert len(warnings) == 1, "a failing probe should log once, not on every request"
+        assert warnings[0]["reason"] == "database_unreachable"
+
+
+class TestRequestId:
+    async def test_generated_when_missing(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz")
+
+        request_id = response.headers["x-request-id"]
+        assert len(request_id) == 32
+        assert all(character in "0123456789abcdef" for character in request_id)
+
+    async def test_valid_header_kept(self, client: httpx.AsyncClient) -> None:
+        sent = "lb-7f3a.2024_11-05"
+
+        response = await client.get("/healthz", headers={"X-Request-ID": sent})
+
+        assert response.headers["x-request-id"] == sent
+
+    @pytest.mark.parametrize(
+        "sent",
+        ["a" * 129, "has space", "semi;colon", "ünïcode", "<script>", "new\\nline", ""],
+    )
+    async def test_invalid_header_replaced(self, client: httpx.AsyncClient, sent: str) -> None:
+        response = await client.get("/healthz", headers={"X-Request-ID": sent.encode("utf-8")})
+
+        returned = response.headers["x-request-id"]
+        assert returned != sent
+        assert len(returned) == 32
+
+    async def test_longest_valid_kept(self, client: httpx.AsyncClient) -> None:
+        sent = "A1._-" * 25 + "xyz"
+        assert len(sent) == 128
+
+        response = await client.get("/healthz", headers={"X-Request-ID": sent})
+
+        assert response.headers["x-request-id"] == sent
+
+    async def test_visible_to_handlers(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        async def echo(request: Request) -> dict[str, str | None]:
+            return {"state": request.state.request_id, "context": get_request_id()}
+
+        app.add_api_route("/test-echo-request-id", echo)
+
+        response = await client.get("/test-echo-request-id", headers={"X-Request-ID": "abc-123"})
+
+        assert response.json() == {"state": "abc-123", "context": "abc-123"}
+
+
+class TestAccessLog:
+    async def test_one_line_per_request(
+        self, app: FastAPI, client: httpx.AsyncClient, logs: io.StringIO
+    ) -> None:
+        response = await client.get(
+            "/healthz?token=should-not-appear",
+            headers={"X-Request-ID": "req-1", "Authorization": "Bearer very-secret-bearer"},
+        )
+
+        assert response.status_code == 200
+        access = [line for line in json_lines(logs) if line["event"] == "http.request"]
+        assert len(access) == 1
+        line = access[0]
+        assert line["method"] == "GET"
+        assert line["route"] == "/healthz"
+        assert line["status"] == 200
+        assert line["request_id"] == "req-1"
+        assert line["level"] == "info"
+        assert line["logger"] == "sso.access"
+        assert isinstance(line["duration_ms"], float)
+        assert "timestamp" in line
+        assert "should-not-appear" not in service_log_text(logs)
+        assert "very-secret-bearer" not in service_log_text(logs)
+
+    async def test_unmatched_route_label(
+        self, client: httpx.AsyncClient, logs: io.StringIO
+    ) -> None:
+        response = await client.get("/no/such/place/user@example.com")
+
+        assert response.status_code == 404
+        access = [line for line in json_lines(logs) if line["event"] == "http.request"]
+        assert access[-1]["route"] == "unmatched"
+        assert "user@example.com" not in service_log_text(logs)
+
+    async def test_stdlib_logs_are_json(self, client: httpx.AsyncClient, logs: io.StringIO) -> None:
+        logging.getLogger("some.library").warning("disk %s is %d%% full", "/var", 91)
+
+        records = json_lines(logs)
+        assert records[-1]["event"] == "disk /var is 91% full"
+        assert records[-1]["logger"] == "some.library"
+        assert records[-1]["level"] == "warning"
+
+    async def test_secret_fields_redacted(self, logs: io.StringIO) -> None:
+        import structlog
+
+        structlog.get_logger("test").info(
+            "checked", password="hunter2-hunter2", api_key="k-123456", session_token="t-98765"
+        )
+
+        record = json_lines(logs)[-1]
+        assert record["password"] == REDACTED
+        assert record["api_key"] == REDACTED
+        assert record["session_token"] == REDACTED
+        for secret in ("hunter2-hunter2", "k-123456", "t-98765"):
+            assert secret not in logs.getvalue()
+
+    async def test_unhandled_error_logged(self, app: FastAPI, logs: io.StringIO) -> None:
+        async def explode() -> None:
+            raise RuntimeError("boom at the test route")
+
+        app.add_api_route("/test-explode", explode)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await http.get("/test-explode", headers={"X-Request-ID": "fail-1"})
+
+        assert response.status_code == 500
+        assert "boom" not in response.text
+        assert response.headers["x-request-id"] == "fail-1"
+        records = json_lines(logs)
+        tracebacks = [line for line in records if "boom at the test route" in str(line)]
+        assert len(tracebacks) == 1, "the error should be logged once, with its traceback"
+        assert tracebacks[0]["request_id"] == "fail-1"
+        assert tracebacks[0]["level"] == "error"
+        assert "RuntimeError" in tracebacks[0]["exception"]
+        access = [line for line in records if line["event"] == "http.request"]
+        assert access[-1]["status"] == 500
+        assert access[-1]["error"] == "RuntimeError"
+        assert access[-1]["level"] == "error"
+        assert access[-1]["route"] == "/test-explode"
+
+    async def test_handled_error_line(self, logs: io.StringIO) -> None:
+        log_handled_error("problem.conflict", status=409, error="login_taken", field="login")
+
+        record = json_lines(logs)[-1]
+        assert record["event"] == "problem.conflict"
+        assert record["level"] == "warning"
+        assert record["status"] == 409
+        assert record["error"] == "login_taken"
+
+
+class TestMetrics:
+    async def test_exposition_format(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/metrics")
+
+        assert response.status_code == 200
+        assert response.headers["content-type"] == CONTENT_TYPE_LATEST
+        for name in (
+            "sso_http_requests_total",
+            "sso_logins_total",
+            "sso_lockouts_total",
+            "sso_password_hashing_duration_seconds_bucket",
+            "sso_db_pool_size",
+        ):
+            assert name in response.text
+
+    async def test_request_counted_by_route(self, client: httpx.AsyncClient) -> None:
+        labels = {"method": "GET", "route": "/healthz", "status": "200"}
+        before = metric_value(await scrape(client), "sso_http_requests_total", **labels) or 0.0
+
+        for _ in range(3):
+            await client.get("/healthz")
+        after = await scrape(client)
+
+        assert metric_value(after, "sso_http_requests_total", **labels) == before + 3
+        count = metric_value(
+            after, "sso_http_request_duration_seconds_count", method="GET", route="/healthz"
+        )
+        assert count is not None and count >= 3
+
+    async def test_login_outcomes_and_hashing(
+        self, client: httpx.AsyncClient, session: AsyncSession, hasher: PasswordHasher
+    ) -> None:
+        user = await make_user(session, hasher)
+        before = await scrape(client)
+
+        for login_id, password in (
+            (user.login, DEFAULT_PASSWORD),
+            (user.login, "not the password"),
+            ("nobody-here@example.com", DEFAULT_PASSWORD),
+        ):
+            response = await client.post(
+                "/rum/login", content=login_request(login_id, password), headers=basic_auth()
+            )
+            assert response.status_code == 200
+        after = await scrape(client)
+
+        def delta(name: str, **labels: str) -> float:
+            return (metric_value(after, name, **labels) or 0.0) - (
+                metric_value(before, name, **labels) or 0.0
+            )
+
+        assert delta("sso_logins_total", result="success", reason="ok") == 1
+        assert delta("sso_logins_total", result="failure", reason="wrong_password") == 1
+        assert delta("sso_logins_total", result="failure", reason="unknown_login") == 1
+        assert delta("sso_password_hashing_duration_seconds_count", operation="verify") == 3
+        assert delta("sso_password_hashing_wait_seconds_count", operation="verify") == 3
+        assert delta("sso_http_requests_total", route="/rum/login", status="200") == 3
+        assert (
+            delta("sso_http_request_duration_seconds_count", method="POST", route="/rum/login")
+            == 3
+        )
+
+    async def test_profile_route_labelled(
+        self, client: httpx.AsyncClient, session: AsyncSession, hasher: PasswordHasher
+    ) -> None:
+        user = await make_user(session, hasher)
+        labels = {"route": "/rum/user-profile", "status": "200"}
+        before = metric_value(await scrape(client), "sso_http_requests_total", **labels) or 0.0
+
+        response = await client.post(
+            "/rum/user-profile",
+            content=profile_request(user.external_reference_id),
+            headers=basic_auth(),
+        )
+
+        assert response.status_code == 200
+        assert metric_value(await scrape(client), "sso_http_requests_total", **labels) == before + 1
+
+    async def test_lockouts_and_recorded_reasons(self, client: httpx.AsyncClient) -> None:
+        before = await scrape(client)
+
+        LOCKOUTS.inc()
+        record_login("failure", "throttled")
+        after = await scrape(client)
+
+        assert metric_value(after, "sso_lockouts_total") == (
+            metric_value(before, "sso_lockouts_total") or 0.0
+        ) + 1
+        throttled = {"result": "failure", "reason": "throttled"}
+        assert metric_value(after, "sso_logins_total", **throttled) == (
+            metric_value(before, "sso_logins_total", **throttled) or 0.0
+        ) + 1
+
+    def test_unknown_login_reason_rejected(self) -> None:
+        with pytest.raises(ValueError, match="LOGIN_REASONS"):
+            record_login("failure", "made_up")
+
+
+class TestPoolMetrics:
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(db_pool_size=3, db_max_overflow=2)
+
+    async def test_pool_read_at_scrape(
+        self, committed_app: FastAPI, committed_client: httpx.AsyncClient
+    ) -> None:
+        engine = committed_app.state.database.engine
+
+        async with engine.connect() as held:
+            await held.execute(text("SELECT 1"))
+            during = await scrape(committed_client)
+        after = await scrape(committed_client)
+
+        assert metric_value(during, "sso_db_pool_size") == 3
+        assert metric_value(during, "sso_db_pool_max_overflow") == 2
+        assert metric_value(during, "sso_db_pool_checked_out") == 1
+        assert metric_value(after, "sso_db_pool_checked_out") == 0
+        idle = metric_value(after, "sso_db_pool_idle")
+        assert idle is not None and idle >= 1
+        assert metric_value(after, "sso_db_pool_overflow") == 0
+
+
+class TestHashingThreads:
+    def test_threads_run_niced(self) -> None:
+        import os
+        import threading
+
+        def niceness() -> int:
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        for nice in (0, 7):
+            hasher = PasswordHasher(make_settings(hash_thread_nice=nice))
+            try:
+                in_pool = hasher._executor.submit(niceness).result()
+            finally:
+                hasher.close()
+            assert in_pool == min(niceness() + nice, 19)

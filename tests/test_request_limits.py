@@ -1,0 +1,319 @@
+"""Source addresses behind trusted proxies, and the header, body and time limits."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.identity.passwords import PasswordHasher
+from app.models import LoginEvent
+from app.security.proxy import source_address
+from app.security.throttle import account_subject
+from app.settings import Settings
+from tests.admin_support import bearer, new_key
+from tests.conftest import make_settings
+from tests.factories import make_user
+from tests.ops_helpers import cli_command
+from tests.rum_messages import basic_auth, child_text, login_request, parse
+from tests.service_process import ServiceProcess
+
+TRUSTED = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")]
+
+
+async def last_source(session: AsyncSession) -> str | None:
+    address = await session.scalar(
+        select(LoginEvent.source_address).order_by(LoginEvent.id.desc()).limit(1)
+    )
+    return None if address is None else str(address)
+
+
+async def login(client: httpx.AsyncClient, **headers: str) -> httpx.Response:
+    return await client.post(
+        "/rum/login",
+        content=login_request("someone@example.com", "wrong password"),
+        headers={**basic_auth(), **headers},
+    )
+
+
+class TestSourceAddress:
+    @pytest.mark.parametrize(
+        ("peer", "header", "trusted", "expected"),
+        [
+            # No trusted proxy configured: the header is ignored.
+            ("10.0.0.5", ["198.51.100.7"], False, "10.0.0.5"),
+            # Trusted peer: the right-most untrusted hop is the client.
+            ("10.0.0.5", ["198.51.100.7"], True, "198.51.100.7"),
+            ("10.0.0.5", ["203.0.113.66, 198.51.100.7, 10.1.1.1"], True, "198.51.100.7"),
+            ("10.0.0.5", ["203.0.113.66", "198.51.100.7"], True, "198.51.100.7"),
+            # Untrusted peer: whatever it sends is ignored.
+            ("192.0.2.10", ["198.51.100.7"], True, "192.0.2.10"),
+            # Garbage stops the walk at the last trusted hop.
+            ("10.0.0.5", ["198.51.100.7, not-an-address"], True, "10.0.0.5"),
+            ("10.0.0.5", ["198.51.100.7:4711"], True, "198.51.100.7"),
+            ("10.0.0.5", ["[2001:db9::1]:443"], True, "2001:db9::1"),
+            ("2001:db8::9", ["::ffff:198.51.100.7"], True, "198.51.100.7"),
+            ("10.0.0.5", [], True, "10.0.0.5"),
+            # Every hop trusted: the left-most one is the best guess.
+            ("10.0.0.5", ["10.2.2.2, 10.3.3.3"], True, "10.2.2.2"),
+        ],
+    )
+    def test_resolution(self, peer: str, header: list[str], trusted: bool, expected: str) -> None:
+        assert source_address(peer, header, TRUSTED if trusted else []) == expected
+
+    def test_unparsable_peer_gives_none(self) -> None:
+        assert source_address("testclient", ["198.51.100.7"], TRUSTED) is None
+
+
+class TestForwardedHeaderIgnoredByDefault:
+    async def test_event_records_socket_peer(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        await login(client, **{"X-Forwarded-For": "198.51.100.7"})
+
+        assert await last_source(session) == "127.0.0.1"
+
+
+class TestForwardedHeaderFromTrustedProxy:
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(trusted_proxies="127.0.0.0/8", rum_allowed_networks="198.51.100.0/24")
+
+    async def test_event_and_allowlist_use_client(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        response = await login(client, **{"X-Forwarded-For": "203.0.113.1, 198.51.100.7"})
+
+        assert response.status_code == 200
+        assert await last_source(session) == "198.51.100.7"
+
+    async def test_client_outside_allowlist_403(self, client: httpx.AsyncClient) -> None:
+        response = await login(client, **{"X-Forwarded-For": "203.0.113.1"})
+
+        assert response.status_code == 403
+
+
+class TestCustomAddressHeader:
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(trusted_proxies="127.0.0.1/32", client_address_header="X-Real-IP")
+
+    async def test_named_header_used(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        await login(client, **{"X-Real-IP": "198.51.100.8", "X-Forwarded-For": "198.51.100.9"})
+
+        assert await last_source(session) == "198.51.100.8"
+
+
+class TestHeaderLimit:
+    async def test_oversized_headers_431_xml_for_callbacks(self, client: httpx.AsyncClient) -> None:
+        response = await login(client, **{"X-Padding": "a" * 20_000})
+
+        assert response.status_code == 431
+        assert response.headers["content-type"].startswith("text/xml")
+        assert child_text(parse(response.content), "code") == "headers_too_large"
+
+    async def test_oversized_headers_431_problem_elsewhere(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        response = await client.get("/admin/v1/users", headers={"X-Padding": "a" * 20_000})
+
+        assert response.status_code == 431
+        assert response.json()["code"] == "headers_too_large"
+        assert "16384" in response.json()["detail"]
+
+    async def test_headers_under_limit_pass(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz", headers={"X-Padding": "a" * 10_000})
+
+        assert response.status_code == 200
+
+
+class TestApiBodyLimit:
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(max_api_body_bytes=4096)
+
+    async def test_declared_length_over_limit_413(self, client: httpx.AsyncClient) -> None:
+        response = await client.post(
+            "/admin/v1/users", content=b"{" + b" " * 5000 + b"}",
+            headers={"Content-Type": "application/json"},
+        )
+
+        assert response.status_code == 413
+        assert response.json()["code"] == "body_too_large"
+
+    async def test_streamed_body_over_limit_413(self, client: httpx.AsyncClient) -> None:
+        chunks_sent = 0
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal chunks_sent
+            for _ in range(1000):
+                chunks_sent += 1
+                yield b" " * 1024
+
+        response = await client.post(
+            "/admin/v1/users", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+
+        assert response.status_code == 413
+        assert response.json()["code"] == "body_too_large"
+        assert "4096" in response.json()["detail"]
+        assert chunks_sent < 10
+
+    async def test_callbacks_keep_own_limit(self, client: httpx.AsyncClient) -> None:
+        body = login_request("someone@example.com", "x" * 10_000)
+
+        response = await client.post("/rum/login", content=body, headers=basic_auth())
+
+        assert response.status_code == 200
+
+
+class TestTimeLimit:
+    @pytest.fixture
+    def settings(self) -> Settings:
+        # Fast hashing, so an ordinary login stays well inside the limit on a busy machine.
+        return make_settings(
+            request_timeout_seconds=1.0, argon2_memory_cost_kib=1024, argon2_time_cost=1
+        )
+
+    async def test_slow_body_408(self, committed_client: httpx.AsyncClient) -> None:
+        async def slow() -> AsyncIterator[bytes]:
+            yield b"<?xml version='1.0'?>"
+            await asyncio.sleep(3)
+            yield b"<x/>"
+
+        started = time.monotonic()
+        response = await committed_client.post("/rum/login", content=slow(), headers=basic_auth())
+
+        assert response.status_code == 408
+        assert child_text(parse(response.content), "code") == "body_timeout"
+        assert time.monotonic() - started < 2.0
+
+    async def test_slow_handler_503_then_recovers(
+        self, committed_client: httpx.AsyncClient, committed_app: FastAPI
+    ) -> None:
+        database = committed_app.state.database
+        hasher: PasswordHasher = committed_app.state.hasher
+        async with database.sessionmaker() as session:
+            user = await make_user(session, hasher, login="held@example.com")
+        subject = account_subject(user.login)
+
+        # Another transaction locks the account's counter row, so the login's count waits.
+        async with database.engine.connect() as blocker:
+            await blocker.execute(
+                text(
+                    "INSERT INTO throttle_counters (scope, subject) VALUES ('account', :s)"
+                ),
+                {"s": subject},
+            )
+            started = time.monotonic()
+            response = await committed_client.post(
+                "/rum/login", content=login_request(user.login, "wrong password"),
+                headers=basic_auth(),
+            )
+            elapsed = time.monotonic() - started
+            await blocker.rollback()
+
+        after = await committed_client.post(
+            "/rum/login", content=login_request(user.login, "wrong password"),
+            headers=basic_auth(),
+        )
+
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        assert child_text(parse(response.content), "code") == "request_timeout"
+        assert elapsed < 2.0
+        assert after.status_code == 200
+        assert child_text(parse(after.content), "errorCode") == "5"
+
+
+class TestNulCharacters:
+    """PostgreSQL text cannot hold U+0000; such input must be a 422, not a database error."""
+
+    async def test_query_parameter_422(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        key = await new_key(session, "admin:read", name="reader")
+
+        response = await client.get(
+            "/admin/v1/users?email=a%00b@example.com", headers=bearer(key)
+        )
+
+        assert response.status_code == 422
+        assert response.json()["code"] == "validation_failed"
+        assert response.json()["field"] == "email"
+
+    async def test_json_string_422(self, client: httpx.AsyncClient, session: AsyncSession) -> None:
+        key = await new_key(session, "admin:write", name="writer")
+        bodies = [
+            {"first_name": "a\u0000b"},
+            {"attributes": {"crmSession": "a\u0000"}},
+            {"shipping_address": {"line1": "a\u0000", "city": "Paris", "country": "FR"}},
+        ]
+
+        for number, fields in enumerate(bodies):
+            response = await client.post(
+                "/admin/v1/users",
+                json={"login": f"nul{number}@example.com", **fields},
+                headers=bearer(key),
+            )
+            assert response.status_code == 422, response.text
+            assert "U+0000" in response.json()["detail"]
+
+
+@pytest.mark.slow
+class TestServedHeaderLimit:
+    """`sso-provider serve` bounds headers in uvicorn's h11 parser, before the app runs."""
+
+    def test_oversized_headers_rejected_by_server(
+        self, fresh_database_url: URL, tmp_path: Path
+    ) -> None:
+        service = ServiceProcess(
+            fresh_database_url, tmp_path / "serve.log", command=[*cli_command(), "serve"]
+        )
+        try:
+            service.wait_until_ready()
+            normal = httpx.get(
+                f"{service.base_url}/healthz", headers={"X-Padding": "a" * 8000}, timeout=10
+            )
+            head = (
+                b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                + b"X-Padding: " + b"a" * 20_000 + b"\r\n\r\n"
+            )
+            trickled = self.send_raw(service.port, head, piece=1024)
+            whole = self.send_raw(service.port, head, piece=len(head))
+        finally:
+            service.stop()
+
+        assert normal.status_code == 200
+        # Arriving piece by piece, the head passes h11's buffer limit before it is complete.
+        assert trickled.startswith(b"HTTP/1.1 400 ")
+        assert b"connection: close" in trickled.lower()
+        # Arriving in one read, it is parsed whole and the app answers 431.
+        assert whole.startswith(b"HTTP/1.1 431 ")
+        assert b"headers_too_large" in whole
+
+    @staticmethod
+    def send_raw(port: int, data: bytes, *, piece: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            for offset in range(0, len(data), piece):
+                try:
+                    raw.sendall(data[offset : offset + piece])
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                time.sleep(0.005)
+            received = b""
+            while chunk := raw.recv(4096):
+                received += chunk
+        return received
