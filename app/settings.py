@@ -78,8 +78,10 @@ class Settings(BaseSettings):
     throttle_lockout_max_seconds: int = Field(default=900, ge=1, le=86_400)
     # Quiet time after which an account's or address's lockout count starts again at zero.
     throttle_lockout_reset_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
-    # Per source address; 0 failures switches address throttling off.
-    throttle_address_max_failures: int = Field(default=100, ge=0, le=1_000_000)
+    # Per source address; 0 switches address throttling off. Off by default because behind
+    # Digital River every callback comes from DR's servers, so a per-address limit would count
+    # all shoppers together and could block DR itself.
+    throttle_address_max_failures: int = Field(default=0, ge=0, le=1_000_000)
     throttle_address_window_seconds: int = Field(default=300, ge=1, le=86_400)
     throttle_address_block_base_seconds: int = Field(default=60, ge=1, le=86_400)
     throttle_address_block_max_seconds: int = Field(default=900, ge=1, le=86_400)

@@ -536,3 +536,29 @@ class TestSingleSignOnFlow:
         assert child_text(profile_root, "userInfo", "email") == "new.shopper@example.com"
         assert child_text(profile_root, "userInfo", "shippingAddress", "country") == "US"
         assert child_text(profile_root, "extendedAttributes", "item", "value") == "true"
+
+
+class TestLoginLockout:
+    """The sessions API checks passwords under the same lockout as RemoteLogin."""
+
+    async def test_locked_account_rejects_correct_password(
+        self, client: httpx.AsyncClient, session: AsyncSession, hasher: PasswordHasher
+    ) -> None:
+        await make_user(session, hasher, login="locked-api@example.com")
+        headers = bearer(await new_key(session, "sessions", name="merchant site"))
+
+        for _ in range(5):
+            wrong = await client.post(
+                "/api/v1/sessions",
+                json={"login": "locked-api@example.com", "password": "wrong guess 1"},
+                headers=headers,
+            )
+            assert wrong.status_code == 400
+        right = await client.post(
+            "/api/v1/sessions",
+            json={"login": "locked-api@example.com", "password": DEFAULT_PASSWORD},
+            headers=headers,
+        )
+
+        assert right.status_code == 400
+        assert right.json()["code"] == "invalid_credentials"

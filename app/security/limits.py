@@ -75,6 +75,10 @@ for _problem in (
     PROBLEM_TYPES.setdefault(_problem.code, _problem)
 
 
+# Streams that legitimately run as long as the store is large; the time limit would cut them.
+UNTIMED_PATHS: Final = frozenset({"/admin/v1/exports"})
+
+
 def is_callback_path(path: str) -> bool:
     return path == "/rum" or path.startswith("/rum/")
 
@@ -176,7 +180,8 @@ class RequestLimitsMiddleware:
             await send(message)
 
         try:
-            async with asyncio.timeout(self.timeout) as deadline:
+            timeout = None if scope["path"] in UNTIMED_PATHS else self.timeout
+            async with asyncio.timeout(timeout) as deadline:
                 await self.app(scope, limited_receive, tracked_send)
         except HTTPException:
             if not body_rejected:

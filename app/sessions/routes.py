@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from app.admin.keys import SessionsKey
@@ -22,7 +22,9 @@ from app.identity.errors import ConflictError, DomainError, InvalidValueError, N
 from app.identity.schemas import Erid
 from app.identity.service import LoginOutcome, authenticate, find_user
 from app.models import User
-from app.problems import problem_responses
+from app.problems import PROBLEM_TYPE_PREFIX, PROBLEM_TYPES, ProblemType, problem_responses
+from app.rum.events import source_address_of
+from app.security.login_guard import close_login_gate, open_login_gate, verify_rejected_login
 from app.sessions.service import create_session, revoke_session, revoke_user_sessions
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,32 @@ class InvalidCredentialsError(DomainError):
 
     code = "invalid_credentials"
     status_code = 400
+
+
+class TooManyAttemptsError(DomainError):
+    """A source address blocked after too many failed logins; retry after `Retry-After`."""
+
+    code = "too_many_attempts"
+    status_code = 429
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(
+            f"too many failed logins from this address: retry after {retry_after_seconds} seconds"
+        )
+        self.headers = {"Retry-After": str(retry_after_seconds)}
+
+
+PROBLEM_TYPES.setdefault(
+    "too_many_attempts",
+    ProblemType(
+        type=PROBLEM_TYPE_PREFIX + "too_many_attempts",
+        code="too_many_attempts",
+        title="Too many attempts",
+        status=429,
+        description="The source address failed too many logins and is blocked for a while; "
+        "retry after the `Retry-After` delay.",
+    ),
+)
 
 
 class UserNotActiveError(ConflictError):
@@ -142,10 +170,11 @@ def _ensure_active(user: User) -> None:
     summary="Issue a session token for a signed-in shopper",
     responses={
         201: {"description": "The new session with its token."},
-        **problem_responses(400, 401, 403, 404, 409, 422),
+        **problem_responses(400, 401, 403, 404, 409, 422, 429),
     },
 )
 async def create_session_endpoint(
+    request: Request,
     data: SessionCreate,
     key: SessionsKey,
     session: SessionDep,
@@ -166,13 +195,9 @@ async def create_session_endpoint(
     if name == "login":
         if data.password is None:
             raise InvalidValueError("password is required with login", field="password")
-        result = await authenticate(
-            session, hasher, data.login or "", data.password.get_secret_value()
+        user = await _check_password(
+            request, session, settings, hasher, data.login or "", data.password.get_secret_value()
         )
-        if result.outcome in (LoginOutcome.UNKNOWN_LOGIN, LoginOutcome.WRONG_PASSWORD):
-            raise InvalidCredentialsError("the login or the password is wrong")
-        assert result.user is not None
-        user = result.user
     else:
         if data.password is not None:
             raise InvalidValueError(
@@ -191,6 +216,38 @@ async def create_session_endpoint(
     )
     response.headers["Cache-Control"] = "no-store"
     return SessionCreated(id=issued.id, token=issued.token, expires_at=issued.expires_at)
+
+
+async def _check_password(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    hasher: HasherDep,
+    login: str,
+    password: str,
+) -> User:
+    """Check a login and password under the same lockout and throttling as RemoteLogin.
+
+    A locked account gets the same `invalid_credentials` answer as a wrong password, after the
+    same decoy argon2id work, and every attempt is counted before the password is checked.
+    """
+    gate = await open_login_gate(session, settings, login, source_address_of(request))
+    if gate.throttled_for_seconds is not None:
+        raise TooManyAttemptsError(gate.throttled_for_seconds)
+    if gate.account_locked:
+        locked_user = await verify_rejected_login(session, hasher, login, password)
+        await close_login_gate(session, request, settings, gate, succeeded=False, user=locked_user)
+        await session.commit()
+        raise InvalidCredentialsError("the login or the password is wrong")
+
+    result = await authenticate(session, hasher, login, password)
+    succeeded = result.outcome is LoginOutcome.SUCCESS
+    await close_login_gate(session, request, settings, gate, succeeded=succeeded, user=result.user)
+    if result.outcome in (LoginOutcome.UNKNOWN_LOGIN, LoginOutcome.WRONG_PASSWORD):
+        await session.commit()
+        raise InvalidCredentialsError("the login or the password is wrong")
+    assert result.user is not None
+    return result.user
 
 
 @router.delete(

@@ -117,7 +117,7 @@ def _format_error(error: RowError) -> str:
 @click.option(
     "--allow-plain-passwords",
     is_flag=True,
-    help="Accept a plain `password` column and hash it with argon2id (slow: about 50 ms a row).",
+    help="Accept a plain `password` column and hash it with argon2id (slow: tens of ms a row).",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout."
@@ -149,7 +149,7 @@ def import_users(
 ) -> None:
     """Import users from a CSV or NDJSON FILE ('-' reads standard input).
 
-    All or nothing by default: any rejected row and nothing is written. The report lists every
+    All or nothing by default: any rejected row means nothing is written. The report lists every
     rejected row with its line number, field and reason.
     """
     from app.transfer.importer import ImportOptions

@@ -19,7 +19,15 @@ from app.admin.audit import record_audit_event
 from app.admin.keys import AdminReadKey, AdminWriteKey, PermissionDeniedError
 from app.deps import HasherDep, SessionDep
 from app.identity.errors import ConflictError, DomainError
-from app.problems import FieldError, problem_response, problem_responses, request_id_of
+from app.problems import (
+    PROBLEM_TYPE_PREFIX,
+    PROBLEM_TYPES,
+    FieldError,
+    ProblemType,
+    problem_response,
+    problem_responses,
+    request_id_of,
+)
 from app.transfer.crosslinks import DEFAULT_SINCE_DAYS, audit_crosslinks
 from app.transfer.exporter import EXPORTABLE_STATUSES, ExportOptions, export_users
 from app.transfer.formats import FileFormat, FileFormatError
@@ -40,6 +48,40 @@ _CONTENT_TYPE_FORMATS: dict[str, FileFormat] = {
     "application/jsonl": "ndjson",
     "application/jsonlines": "ndjson",
 }
+
+
+for _code, _title, _status, _description in (
+    (
+        "import_rejected",
+        "Import rejected",
+        422,
+        "At least one row is invalid or conflicts, so nothing was written. Each entry of "
+        "`errors` names the row (`location`), the field and the reason.",
+    ),
+    (
+        "invalid_file",
+        "Unreadable import file",
+        422,
+        "The file as a whole cannot be read: its encoding, header row or format is wrong.",
+    ),
+    (
+        "import_conflict",
+        "Import conflict",
+        409,
+        "A user created while the import ran took a login or ERID from the file; nothing was "
+        "written. Run the import again to get the full report.",
+    ),
+):
+    PROBLEM_TYPES.setdefault(
+        _code,
+        ProblemType(
+            type=PROBLEM_TYPE_PREFIX + _code,
+            code=_code,
+            title=_title,
+            status=_status,
+            description=_description,
+        ),
+    )
 
 
 class InvalidFileError(DomainError):
