@@ -82,6 +82,26 @@ class AddressBlockRead(LockoutRead):
 class AddressBlockPage(BaseModel):
     """Source addresses blocked now, the longest block first."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "source_address": "203.0.113.7",
+                            "locked": True,
+                            "locked_until": "2026-12-04T20:07:00Z",
+                            "failures": 100,
+                            "lockouts": 1,
+                            "window_started_at": "2026-12-04T20:02:00Z",
+                            "updated_at": "2026-12-04T20:06:00Z",
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
     items: list[AddressBlockRead]
 
 
@@ -152,6 +172,17 @@ class LoginEventRead(BaseModel):
 
 class LoginEventPage(BaseModel):
     """One page of login events, oldest first; pass `next_cursor` as `cursor` for the next."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": LoginEventRead.model_config["json_schema_extra"]["examples"],  # type: ignore[index]
+                    "next_cursor": "eyJpZCI6N30",
+                }
+            ]
+        }
+    )
 
     items: list[LoginEventRead]
     next_cursor: str | None = Field(description="null on the last page.")

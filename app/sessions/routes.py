@@ -74,7 +74,10 @@ class UserNotActiveError(ConflictError):
 class UserLookup(BaseModel):
     """Exactly one way of naming the user."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"external_reference_id": "D05B4D68-F49D-11DA-8019-88F835DA4C6C"}]},
+    )
 
     user_key: uuid.UUID | None = Field(default=None, description="The user's `user_key`.")
     external_reference_id: Erid | None = Field(default=None, description="The user's ERID.")
@@ -122,6 +125,8 @@ class SessionCreated(BaseModel):
 
 
 class SessionsRevoked(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"revoked": 2}]})
+
     revoked: int = Field(description="How many live sessions this request revoked.")
 
 
