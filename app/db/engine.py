@@ -36,7 +36,7 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
             "server_settings": {
                 "application_name": "sso-provider",
                 "statement_timeout": str(settings.db_statement_timeout_ms),
-                "lock_timeout": "3000",
+                "lock_timeout": str(settings.db_lock_timeout_ms),
             },
         },
     )

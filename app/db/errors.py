@@ -15,6 +15,10 @@ _UNAVAILABLE_SQLSTATES: Final = frozenset(
         "57P03",  # cannot_connect_now: starting up or in recovery
         "53300",  # too_many_connections
         "53400",  # configuration_limit_exceeded
+        # A lock or statement that waited past lock_timeout or statement_timeout: the server is
+        # busy, and the same request may well succeed when retried.
+        "55P03",  # lock_not_available
+        "57014",  # query_canceled
     }
 )
 
