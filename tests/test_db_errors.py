@@ -1,4 +1,4 @@
-"""Lock and statement timeouts are transient, so callers answer 503 with Retry-After, not 500."""
+"""Lock and statement timeouts are transient, so callers return 503 with Retry-After, not 500."""
 
 from __future__ import annotations
 

@@ -618,8 +618,8 @@ async def wait_for_lock_wait(app: FastAPI) -> None:
 class TestRaceAcrossReplicas:
     @pytest.fixture
     def settings(self) -> Settings:
-        # The loser's INSERT waits on the winner's lock until the test commits the winner; a
-        # long lock timeout keeps a slow machine from turning that wait into a 503.
+        # The loser's INSERT waits on the winner's lock until the test commits the winner.
+        # A long lock timeout keeps a slow machine from turning that wait into a 503.
         return make_settings(db_lock_timeout_ms=30_000)
 
     async def test_loser_rereads_after_winner_commits(

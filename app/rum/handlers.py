@@ -1,4 +1,4 @@
-"""Answer each Digital River callback from the user store.
+"""Handle each Digital River callback from the user store.
 
 Error codes in `successful=false` answers (DR publishes only code 5; the others are this
 service's, documented in docs/callbacks.md):
