@@ -14,7 +14,7 @@ from app.settings import Settings
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """Yield one session per request; the handler commits, anything left open is rolled back."""
-    async with request.app.state.database.sessionmaker() as session:
+    async with request.app.state.database.request_session() as session:
         yield session
 
 

@@ -84,9 +84,13 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     )
     app.state.settings = settings
 
+    from app.rum.routes import CallbackDispatcher
     from app.rum.routes import router as rum_router
 
     app.include_router(rum_router)
+    # Added first, so it is the innermost middleware: the limits, the source address, the
+    # request id, the access log and the metrics still apply to every callback.
+    app.add_middleware(CallbackDispatcher, routes=rum_router.routes)
 
     from app.admin.routes import router as admin_router
 

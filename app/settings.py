@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     db_statement_timeout_ms: int = Field(default=5000, ge=100)
     db_lock_timeout_ms: int = Field(default=3000, ge=100)
+    db_pool_recycle_seconds: int = Field(
+        default=1800, ge=-1, description="replace pooled connections older than this; -1 never"
+    )
     db_statement_cache_size: int = Field(
         default=100, ge=0, description="asyncpg prepared statements per connection; 0 for PgBouncer"
     )

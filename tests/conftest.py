@@ -6,7 +6,10 @@ import itertools
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db.engine import Database, create_engine, create_sessionmaker
 from app.db.migrate import upgrade_to_head
-from app.deps import get_session
 from app.identity.passwords import PasswordHasher
 from app.main import create_app
 from app.settings import Settings
@@ -130,20 +132,62 @@ async def _running(app: FastAPI) -> AsyncIterator[FastAPI]:
         yield app
 
 
+class BorrowedSession:
+    """The test's session as the app's sessionmaker hands it out: the app cannot close it."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> AsyncSession:
+        return self._session
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+@dataclass
+class SessionBoundDatabase(Database):
+    """A Database whose request sessions and driver-level statements run in the test's transaction.
+
+    Sessions from `sessionmaker` stay independent of it, as a streaming export's own session is.
+    """
+
+    session: AsyncSession | None = None
+
+    def request_session(self) -> AsyncSession:
+        assert self.session is not None
+        return BorrowedSession(self.session)  # type: ignore[return-value]
+
+    @asynccontextmanager
+    async def driver_connection(self) -> AsyncIterator[Any]:
+        assert self.session is not None
+        connection = await self.session.connection()
+        # A statement through SQLAlchemy opens the test's transaction on the driver first, so
+        # the caller's statement runs inside it and is rolled back with it.
+        await connection.exec_driver_sql("SELECT 1")
+        pooled = await connection.get_raw_connection()
+        yield pooled.driver_connection
+
+
 @pytest.fixture
 async def app(
     settings: Settings, shared_database_url: URL, shared_engine: AsyncEngine, session: AsyncSession
 ) -> AsyncIterator[FastAPI]:
     """The service on the shared database, every request using the test's rolled-back session."""
-    database = Database(
-        url=shared_database_url, engine=shared_engine, sessionmaker=create_sessionmaker(shared_engine)
+
+    database = SessionBoundDatabase(
+        url=shared_database_url,
+        engine=shared_engine,
+        sessionmaker=create_sessionmaker(shared_engine),
+        session=session,
     )
     application = create_app(settings, database=database)
-
-    async def test_session() -> AsyncIterator[AsyncSession]:
-        yield session
-
-    application.dependency_overrides[get_session] = test_session
     async for running in _running(application):
         yield running
 

@@ -8,6 +8,7 @@ to the logging context, writes one access line per request and records the reque
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -52,13 +53,19 @@ def get_request_id() -> str | None:
     return _request_id.get()
 
 
+@functools.lru_cache(maxsize=1024)
+def _names_secret(key: str) -> bool:
+    # Cached because every line repeats the same few keys, and the scan ran for each of them.
+    lowered = key.lower()
+    return any(part in lowered for part in _SECRET_KEY_PARTS)
+
+
 def redact_secrets(
     _logger: object, _method_name: str, event_dict: dict[str, Any]
 ) -> dict[str, Any]:
     """Replace the value of any key that names a secret (password, token, key, cookie)."""
     for key in event_dict:
-        lowered = key.lower()
-        if any(part in lowered for part in _SECRET_KEY_PARTS):
+        if _names_secret(key):
             event_dict[key] = REDACTED
     return event_dict
 

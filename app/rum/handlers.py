@@ -12,20 +12,19 @@ service's, documented in docs/callbacks.md):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.identity.passwords import PasswordHasher
-from app.identity.service import LoginOutcome, address_of, authenticate, find_user
 from app.identity.identifiers import ERID_RE
-from app.models import User, UserAddress
+from app.identity.passwords import PasswordHasher
+from app.identity.service import LoginOutcome, authenticate
 from app.rum import xml
 from app.rum.attributes import returned_attributes
-from app.rum.events import record_event, source_address_of
+from app.rum.events import record_event, request_id_of, source_address_of
 from app.rum.password_cipher import decrypt_request_password
+from app.rum.profile_fetch import fetch_profile
 from app.rum.registration import handle_create_user
 from app.rum.session_validation import handle_session_validation
 from app.security.login_guard import (
@@ -42,12 +41,41 @@ PROFILE_NOT_FOUND = "User not found"
 PROFILE_NOT_ACTIVE = "User not active"
 
 
-@dataclass(frozen=True, slots=True)
 class CallbackContext:
-    request: Request
-    session: AsyncSession
-    settings: Settings
-    hasher: PasswordHasher
+    """The request, settings, password hasher and database session that a handler works with.
+
+    The session is created on first use and closed by `close`, so a handler that works on the
+    driver connection alone (the profile fetch) pays for no session.
+    """
+
+    __slots__ = ("request", "settings", "hasher", "_sessionmaker", "_session")
+
+    def __init__(
+        self,
+        request: Request,
+        settings: Settings,
+        hasher: PasswordHasher,
+        sessionmaker: Callable[[], AsyncSession],
+    ) -> None:
+        self.request = request
+        self.settings = settings
+        self.hasher = hasher
+        self._sessionmaker = sessionmaker
+        self._session: AsyncSession | None = None
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            self._session = self._sessionmaker()
+        return self._session
+
+    async def rollback(self) -> None:
+        if self._session is not None:
+            await self._session.rollback()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     def site_id(self, requested: str | None) -> str | None:
         """Echo the request's siteID, or the configured one when DR sent none."""
@@ -127,72 +155,26 @@ async def handle_login(context: CallbackContext, message: xml.LoginRequest) -> b
     return body
 
 
-def _address(row: UserAddress | None) -> xml.Address | None:
-    if row is None:
-        return None
-    return xml.Address(
-        name1=row.name1,
-        name2=row.name2,
-        company_name=row.company_name,
-        line1=row.line1,
-        line2=row.line2,
-        line3=row.line3,
-        city=row.city,
-        state=row.state,
-        postal_code=row.postal_code,
-        country=row.country,
-        country_name=row.country_name,
-        email=row.email,
-        phone_number=row.phone_number,
-    )
-
-
-def user_info(user: User, site_id: str | None) -> xml.UserInfo:
-    return xml.UserInfo(
-        login_id=user.login,
-        erid=user.external_reference_id,
-        site_id=site_id,
-        first_name=user.first_name,
-        last_name=user.last_name,
-        email=user.email,
-        locale=user.locale,
-        home_phone=user.home_phone,
-        shipping=_address(address_of(user, "shipping")),
-        billing=_address(address_of(user, "billing")),
-    )
-
-
 async def handle_profile(context: CallbackContext, message: xml.ProfileRequest) -> bytes:
     """Return the profile of the user with the requested ERID, looked up by ERID alone."""
     site_id = context.site_id(message.site_id)
     erid = message.external_reference_id
-    user = await find_user(context.session, external_reference_id=erid) if ERID_RE.fullmatch(erid) else None
-    if user is None:
-        body = xml.render_profile(None, PROFILE_NOT_FOUND)
-        outcome, reason = "failure", "unknown"
-    elif user.status == "erased":
-        body = xml.render_profile(None, PROFILE_NOT_FOUND)
-        outcome, reason = "failure", "erased"
-    elif user.status != "active":
-        body = xml.render_profile(None, PROFILE_NOT_ACTIVE)
-        outcome, reason = "failure", "disabled"
-    else:
-        body = xml.render_profile(
-            user_info(user, site_id), "", returned_attributes(user, context.settings)
+    database = context.request.app.state.database
+    async with database.driver_connection() as connection:
+        found = await fetch_profile(
+            connection,
+            erid if ERID_RE.fullmatch(erid) else None,
+            recorded_erid=erid[:64],
+            source_address=source_address_of(context.request),
+            site_id=site_id,
+            request_id=request_id_of(context.request),
+            returned_attributes=tuple(context.settings.rum_returned_attributes),
         )
-        outcome, reason = "success", None
-    record_event(
-        context.session,
-        context.request,
-        kind="profile",
-        outcome=outcome,
-        reason=reason,
-        user_key=user.user_key if user is not None else None,
-        external_reference_id=user.external_reference_id if user is not None else erid[:64],
-        site_id=site_id,
-    )
-    await context.session.commit()
-    return body
+    if found is None or found.status == "erased":
+        return xml.render_profile(None, PROFILE_NOT_FOUND)
+    if found.status != "active":
+        return xml.render_profile(None, PROFILE_NOT_ACTIVE)
+    return xml.render_profile(found.info, "", found.attributes)
 
 
 HANDLERS: dict[type[Any], Handler] = {
