@@ -29,6 +29,20 @@ def returned_attributes(user: User, settings: Settings) -> tuple[xml.ExtendedAtt
     )
 
 
+def attributes_from_arrays(
+    names: list[str] | None, values: list[str] | None, returned: tuple[str, ...]
+) -> tuple[xml.ExtendedAttribute, ...]:
+    """Return the attributes read as two parallel arrays, in the order of `returned`."""
+    if not names or not values:
+        return ()
+    by_name = dict(zip(names, values, strict=True))
+    return tuple(
+        xml.ExtendedAttribute(name=name, value=by_name[name], value_data_type="string")
+        for name in returned
+        if name in by_name
+    )
+
+
 def attributes_to_store(
     items: Iterable[xml.ExtendedAttribute], settings: Settings
 ) -> dict[str, str]:

@@ -17,22 +17,27 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.identity.identifiers import ERID_RE
+from app.identity.errors import InvalidValueError
+from app.identity.identifiers import ERID_RE, normalize_login
 from app.identity.passwords import PasswordHasher
 from app.identity.service import LoginOutcome, authenticate
+from app.ops.metrics import record_login
 from app.rum import xml
 from app.rum.attributes import returned_attributes
 from app.rum.events import record_event, request_id_of, source_address_of
+from app.rum.login_check import begin_login, finish_login
 from app.rum.password_cipher import decrypt_request_password
 from app.rum.profile_fetch import fetch_profile
 from app.rum.registration import handle_create_user
 from app.rum.session_validation import handle_session_validation
 from app.security.login_guard import (
     SourceThrottledError,
+    account_locked,
     close_login_gate,
     open_login_gate,
     verify_rejected_login,
 )
+from app.security.throttle import account_subject, address_policy
 from app.settings import Settings
 
 INVALID_LOGIN = ("5", "Invalid login")
@@ -48,7 +53,7 @@ class CallbackContext:
     driver connection alone (the profile fetch) pays for no session.
     """
 
-    __slots__ = ("request", "settings", "hasher", "_sessionmaker", "_session")
+    __slots__ = ("_session", "_sessionmaker", "hasher", "request", "settings")
 
     def __init__(
         self,
@@ -87,6 +92,99 @@ Handler = Callable[[CallbackContext, Any], Awaitable[bytes]]
 
 async def handle_login(context: CallbackContext, message: xml.LoginRequest) -> bytes:
     """Authenticate a shopper; unknown login and wrong password get one identical answer.
+
+    With source-address throttling on, the ORM path in `_handle_login_in_session` runs. Without
+    it (the default) the login makes two statements on the driver connection, one before and
+    one after the password check, and keeps no connection while argon2id runs.
+    """
+    if address_policy(context.settings).enabled:
+        return await _handle_login_in_session(context, message)
+    return await _handle_login_on_driver(context, message)
+
+
+async def _handle_login_on_driver(context: CallbackContext, message: xml.LoginRequest) -> bytes:
+    """Run RemoteLogin with `begin_login` and `finish_login`, as `_handle_login_in_session` does.
+
+    Unknown logins, wrong passwords, disabled users and locked accounts run the same
+    statements and one argon2id verification each, so their times match.
+    """
+    settings = context.settings
+    request = context.request
+    site_id = context.site_id(message.site_id)
+    subject = account_subject(message.login_id)
+    try:
+        login_normalized: str | None = normalize_login(message.login_id)
+    except InvalidValueError:
+        login_normalized = None
+    database = request.app.state.database
+    async with database.driver_connection() as connection:
+        start = await begin_login(connection, settings, subject, login_normalized)
+
+    password = decrypt_request_password(settings, message.password, "LoginRequest")
+    user = start.user
+    new_hash = None
+    if start.counted is None:
+        record_login("failure", "locked_out")
+        await context.hasher.verify(message.password if password is None else password, None)
+        reason: str | None = "locked"
+    elif password is None:
+        # The same argon2id work as a wrong password, so the time does not reveal the failure.
+        await context.hasher.verify(message.password, None)
+        reason = "decryption_failed"
+    else:
+        result = await context.hasher.verify(
+            password, user.password_hash if user is not None else None
+        )
+        if user is None:
+            reason = LoginOutcome.UNKNOWN_LOGIN.value
+        elif not result.valid:
+            reason = LoginOutcome.WRONG_PASSWORD.value
+        elif user.status != "active":
+            reason = LoginOutcome.DISABLED.value
+        else:
+            reason = None
+            new_hash = result.replacement_hash
+        record_login("success", "ok") if reason is None else record_login("failure", reason)
+
+    new_lockout = start.counted if start.counted and start.counted.locked_until else None
+    if reason is not None and new_lockout is not None:
+        # Rare: this failure started a lockout, so the session also writes its audit event.
+        account_locked(context.session, request, new_lockout, user.user_key if user else None)
+        record_event(
+            context.session, request, kind="login", outcome="failure", reason=reason,
+            user_key=user.user_key if user is not None else None,
+            external_reference_id=user.external_reference_id if user is not None else None,
+            site_id=site_id,
+        )
+        await context.session.commit()
+    else:
+        async with database.driver_connection() as connection:
+            await finish_login(
+                connection,
+                settings,
+                subject=subject,
+                succeeded=reason is None,
+                reason=reason,
+                user=user,
+                new_hash=new_hash,
+                source_address=source_address_of(request),
+                site_id=site_id,
+                request_id=request_id_of(request),
+            )
+
+    if reason is None and user is not None:
+        return xml.render_login_success(
+            user.login or message.login_id, user.external_reference_id, site_id, user.attributes
+        )
+    if reason == LoginOutcome.DISABLED.value:
+        return xml.render_login_failure(*USER_NOT_ACTIVE)
+    return xml.render_login_failure(*INVALID_LOGIN)
+
+
+async def _handle_login_in_session(
+    context: CallbackContext, message: xml.LoginRequest
+) -> bytes:
+    """Authenticate a shopper through the ORM, with source-address throttling.
 
     A locked account gets that answer too, after the same lookup and argon2id work, so
     neither the body nor the time shows the lockout. A blocked source address gets

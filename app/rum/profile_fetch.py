@@ -14,6 +14,7 @@ from typing import Any
 
 from app.models.user import ADDRESS_FIELDS
 from app.rum import xml
+from app.rum.attributes import attributes_from_arrays
 
 ADDRESS_KINDS = ("shipping", "billing")
 
@@ -89,19 +90,6 @@ def _address(record: Any, kind: str) -> xml.Address | None:
     return xml.Address(**{column: record[f"{kind}_{column}"] for column in ADDRESS_FIELDS})
 
 
-def _attributes(record: Any, returned: tuple[str, ...]) -> tuple[xml.ExtendedAttribute, ...]:
-    """Return the user's attributes in the order of `returned`, as the setting lists them."""
-    names = record["attribute_names"]
-    if not names:
-        return ()
-    values = dict(zip(names, record["attribute_values"], strict=True))
-    return tuple(
-        xml.ExtendedAttribute(name=name, value=values[name], value_data_type="string")
-        for name in returned
-        if name in values
-    )
-
-
 async def fetch_profile(
     connection: Any,
     erid: str | None,
@@ -145,5 +133,7 @@ async def fetch_profile(
         external_reference_id=record["external_reference_id"],
         status=record["status"],
         info=info,
-        attributes=_attributes(record, returned_attributes),
+        attributes=attributes_from_arrays(
+            record["attribute_names"], record["attribute_values"], returned_attributes
+        ),
     )

@@ -247,7 +247,7 @@ class CallbackDispatcher:
         self.routes = {
             route.path: route
             for route in routes
-            if isinstance(route, APIRoute) and "POST" in route.methods
+            if isinstance(route, APIRoute) and "POST" in (route.methods or ())
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

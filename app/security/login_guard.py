@@ -15,6 +15,7 @@ A login attempt runs in this order:
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -129,7 +130,7 @@ async def close_login_gate(
         await _mirror_relation_lookups(session)
 
     if gate.new_lockout is not None:
-        _account_locked(session, request, gate.new_lockout, user)
+        account_locked(session, request, gate.new_lockout, user.user_key if user else None)
 
     policy = address_policy(settings)
     if not policy.enabled:
@@ -163,25 +164,29 @@ async def _mirror_relation_lookups(session: AsyncSession) -> None:
     await session.execute(select(UserAttribute).where(UserAttribute.user_id.in_([0])))
 
 
-def _account_locked(
-    session: AsyncSession, request: Request, lockout: CountedFailure, user: User | None
+def account_locked(
+    session: AsyncSession,
+    request: Request,
+    lockout: CountedFailure,
+    user_key: uuid.UUID | None,
 ) -> None:
+    """Count, log and (for a known user) add the audit event of a lockout that just started."""
     LOCKOUTS.inc()
     locked_until: datetime | None = lockout.locked_until
     logger.warning(
         "throttle.account_locked user_key=%s until=%s lockouts=%s",
-        user.user_key if user is not None else None,
+        user_key,
         locked_until.isoformat() if locked_until else None,
         lockout.lockouts,
     )
-    if user is None:
+    if user_key is None:
         # An unknown login has no user to show the lockout to; the log line is enough.
         return
     session.add(
         AuditEvent(
             actor_name=SYSTEM_ACTOR,
             action="user.locked",
-            target_user_key=user.user_key,
+            target_user_key=user_key,
             request_id=request_id_of(request),
             details={
                 "locked_until": locked_until.isoformat() if locked_until else None,

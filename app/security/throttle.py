@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Literal, cast
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Interval,
     Table,
@@ -33,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningInsert, Update
 
 from app.identity.errors import InvalidValueError
 from app.identity.identifiers import normalize_login
@@ -171,18 +173,16 @@ def _seconds(value: int) -> ColumnElement[Any]:
     return literal(timedelta(seconds=value), Interval())
 
 
-async def count_failure(
-    session: AsyncSession,
+def count_failure_statement(
     scope: Scope,
-    subject: str,
+    subject: str | BindParameter[str],
     policy: ThrottlePolicy,
     *,
     now: datetime | None = None,
-) -> CountedFailure | None:
-    """Count one failure for `subject`, locking it when the count reaches the limit.
+) -> ReturningInsert[tuple[int, int, datetime | None]]:
+    """Build the upsert that `count_failure` runs; it returns no row while the subject is locked.
 
-    Returns None, and changes nothing, while the subject is locked. The row stays locked by
-    this transaction until the caller commits, so commit soon.
+    `subject` may be a bind parameter, so that the statement compiles once for the driver path.
     """
     clock = _clock(now)
     locked_now = policy.max_failures <= 1
@@ -199,8 +199,7 @@ async def count_failure(
         func.least(policy.base_seconds * func.power(2, doublings), policy.max_seconds),
         type_=Interval(),
     )
-
-    statement = (
+    return (
         insert(_counters)
         .values(
             scope=scope,
@@ -230,10 +229,28 @@ async def count_failure(
         .returning(
             _columns.failures,
             _columns.lockouts,
-            case((_columns.locked_until > clock, _columns.locked_until), else_=None),
+            case((_columns.locked_until > clock, _columns.locked_until), else_=None).label(
+                "locked_until"
+            ),
         )
     )
-    row = (await session.execute(statement)).one_or_none()
+
+
+async def count_failure(
+    session: AsyncSession,
+    scope: Scope,
+    subject: str,
+    policy: ThrottlePolicy,
+    *,
+    now: datetime | None = None,
+) -> CountedFailure | None:
+    """Count one failure for `subject`, locking it when the count reaches the limit.
+
+    Returns None, and changes nothing, while the subject is locked. The row stays locked by
+    this transaction until the caller commits, so commit soon.
+    """
+    statement = count_failure_statement(scope, subject, policy, now=now)
+    row: Any = (await session.execute(statement)).one_or_none()
     if row is None:
         return None
     return CountedFailure(failures=row[0], lockouts=row[1], locked_until=row[2])
@@ -256,6 +273,18 @@ async def seconds_until_unlocked(
     return max(1, math.ceil(float(remaining)))
 
 
+def clear_failures_statement(
+    scope: Scope, subject: str | BindParameter[str], *, now: datetime | None = None
+) -> Update:
+    """Build the update that `clear_failures` runs."""
+    clock = _clock(now)
+    return (
+        update(_counters)
+        .where(_columns.scope == scope, _columns.subject == subject)
+        .values(failures=0, window_started_at=clock, locked_until=None, updated_at=clock)
+    )
+
+
 async def clear_failures(
     session: AsyncSession, scope: Scope, subject: str, *, now: datetime | None = None
 ) -> None:
@@ -264,12 +293,7 @@ async def clear_failures(
     The lockout count stays, so successes between an attacker's bursts do not shorten the
     next lockout, and it decays after `reset_seconds` like any other.
     """
-    clock = _clock(now)
-    await session.execute(
-        update(_counters)
-        .where(_columns.scope == scope, _columns.subject == subject)
-        .values(failures=0, window_started_at=clock, locked_until=None, updated_at=clock)
-    )
+    await session.execute(clear_failures_statement(scope, subject, now=now))
 
 
 async def lockout_status(
