@@ -106,9 +106,9 @@ async def measure(database_url: str, count: int) -> None:
 
     from app.db.engine import create_engine, create_sessionmaker
     from app.db.url import to_async_url
-    from app.identity.service import find_user
     from app.main import create_app
     from app.models import User
+    from app.rum.profile_fetch import fetch_profile
     from app.settings import Settings
 
     password = "fetch-cost-password-0123"
@@ -128,13 +128,21 @@ async def measure(database_url: str, count: int) -> None:
             lambda number: post_profile(app, authorization, number),
             count,
         )
-        sessionmaker = app.state.database.sessionmaker
+        database = app.state.database
 
         async def lookup(number: int) -> None:
-            async with sessionmaker() as session:
-                await find_user(session, external_reference_id=f"BENCH-{number % USERS:06d}")
+            async with database.driver_connection() as connection:
+                await fetch_profile(
+                    connection,
+                    f"BENCH-{number % USERS:06d}",
+                    recorded_erid=f"BENCH-{number % USERS:06d}",
+                    source_address="127.0.0.1",
+                    site_id="headwtr",
+                    request_id=None,
+                    returned_attributes=(),
+                )
 
-        await cpu_ms_per_call("service: find_user by ERID (3 queries)", lookup, count)
+        await cpu_ms_per_call("service: checkout + fetch_profile (one statement)", lookup, count)
 
     engine = create_engine(to_async_url(database_url), settings)
     sessionmaker = create_sessionmaker(engine)
@@ -158,7 +166,7 @@ async def measure(database_url: str, count: int) -> None:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
-    await cpu_ms_per_call("SQLAlchemy: pool checkout (pre-ping) + SELECT 1", ping_and_select, count)
+    await cpu_ms_per_call("SQLAlchemy: engine.connect() + SELECT 1", ping_and_select, count)
     await engine.dispose()
 
     pool = await asyncpg.create_pool(database_url, min_size=2, max_size=2)

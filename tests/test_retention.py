@@ -14,14 +14,16 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, insert, select
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db.engine import Database, create_engine, create_sessionmaker
 from app.db.url import render
 from app.main import create_app
-from app.models import LoginEvent, ThrottleCounter
+from app.identity.passwords import PasswordHasher
+from app.models import LoginEvent, SsoSession, ThrottleCounter
 from app.security.retention import purge_expired
 from tests.conftest import make_settings
+from tests.factories import make_user
 
 
 @pytest.fixture
@@ -129,6 +131,35 @@ class TestPurgeExpired:
         assert sorted(left) == ["203.0.113.7", "recent"]
 
 
+    async def test_ended_sessions_deleted(
+        self, engine: AsyncEngine, hasher: PasswordHasher
+    ) -> None:
+        async with AsyncSession(engine, expire_on_commit=False) as session:
+            user = await make_user(session, hasher, login="sessions@example.com")
+            await session.commit()
+        now = await database_now(engine)
+        ages = {
+            b"expired-long-ago": (now - timedelta(days=100), None),
+            b"revoked-long-ago": (now + timedelta(hours=1), now - timedelta(days=100)),
+            b"expired-yesterday": (now - timedelta(days=1), None),
+            b"active": (now + timedelta(hours=1), None),
+        }
+        rows = [
+            {"user_id": user.id, "token_hash": token_hash, "expires_at": expires_at,
+             "revoked_at": revoked_at}
+            for token_hash, (expires_at, revoked_at) in ages.items()
+        ]
+        async with engine.begin() as connection:
+            await connection.execute(insert(SsoSession), rows)
+
+        result = await purge_expired(engine, make_settings(login_event_retention_days=90))
+
+        assert result.sso_sessions_deleted == 2
+        async with engine.connect() as connection:
+            left = (await connection.scalars(select(SsoSession.token_hash))).all()
+        assert sorted(left) == [b"active", b"expired-yesterday"]
+
+
 class TestPurgeCommand:
     async def test_command_prints_counts(
         self, engine: AsyncEngine, fresh_database_url: URL
@@ -153,6 +184,7 @@ class TestPurgeCommand:
         output = json.loads(stdout)
         assert output["login_events_deleted"] == 4
         assert output["throttle_counters_deleted"] == 0
+        assert output["sso_sessions_deleted"] == 0
         assert await reasons_left(engine) == {"recent": 1}
 
     async def test_command_rejects_zero_days(self, fresh_database_url: URL) -> None:

@@ -48,5 +48,6 @@ def purge(retention_days: int | None, batch_size: int | None) -> None:
             "cutoff": result.cutoff.isoformat(),
             "login_events_deleted": result.login_events_deleted,
             "throttle_counters_deleted": result.throttle_counters_deleted,
+            "sso_sessions_deleted": result.sso_sessions_deleted,
         }
     )

@@ -1,4 +1,5 @@
-"""Delete login events older than the retention period, and throttle counters that expired.
+"""Delete login events older than the retention period, throttle counters that expired, and
+SSO sessions that ended (expired or revoked) longer ago than that period.
 
 Rows go in batches of `SSO_LOGIN_EVENT_PURGE_BATCH_SIZE`, each batch in its own short
 transaction (`DELETE … WHERE id IN (SELECT id … LIMIT n FOR UPDATE SKIP LOCKED)`), so a purge
@@ -23,7 +24,7 @@ from sqlalchemy import delete, func, literal, or_, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.models import LoginEvent, ThrottleCounter
+from app.models import LoginEvent, SsoSession, ThrottleCounter
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class PurgeResult:
     cutoff: datetime
     login_events_deleted: int
     throttle_counters_deleted: int
+    sso_sessions_deleted: int
 
 
 def counter_expiry_seconds(settings: Settings) -> int:
@@ -66,7 +68,12 @@ async def purge_expired(
     batch_size: int | None = None,
     now: datetime | None = None,
 ) -> PurgeResult:
-    """Delete login events older than the retention period and expired throttle counters."""
+    """Delete login events older than the retention period, expired throttle counters, and
+    sessions that expired or were revoked before the retention period began.
+
+    Ended sessions stay for the retention period, so RemoteSessionValidation still returns
+    "expired" or "revoked" for their tokens, not "no session has this token".
+    """
     days = retention_days if retention_days is not None else settings.login_event_retention_days
     size = batch_size if batch_size is not None else settings.login_event_purge_batch_size
     async with engine.connect() as connection:
@@ -102,10 +109,25 @@ async def purge_expired(
             tuple_(ThrottleCounter.scope, ThrottleCounter.subject).in_(batch)
         )
 
+    def ended_sessions() -> Any:
+        at = literal(cutoff, SsoSession.expires_at.type)
+        # NOTE: no index covers expires_at or revoked_at, so each batch scans sso_sessions.
+        batch = (
+            select(SsoSession.id)
+            .where(or_(SsoSession.expires_at < at, SsoSession.revoked_at < at))
+            .limit(size)
+            .with_for_update(skip_locked=True)
+        )
+        return delete(SsoSession).where(SsoSession.id.in_(batch.scalar_subquery()))
+
     events = await _delete_in_batches(engine, old_events, size)
     counters = await _delete_in_batches(engine, expired_counters, size)
+    sessions = await _delete_in_batches(engine, ended_sessions, size)
     return PurgeResult(
-        cutoff=cutoff, login_events_deleted=events, throttle_counters_deleted=counters
+        cutoff=cutoff,
+        login_events_deleted=events,
+        throttle_counters_deleted=counters,
+        sso_sessions_deleted=sessions,
     )
 
 
@@ -120,9 +142,10 @@ async def _purge_periodically(app: FastAPI, settings: Settings) -> None:
             logger.warning("retention.purge_failed error=%s", type(error).__name__)
             continue
         logger.info(
-            "retention.purged login_events=%s throttle_counters=%s cutoff=%s",
+            "retention.purged login_events=%s throttle_counters=%s sso_sessions=%s cutoff=%s",
             result.login_events_deleted,
             result.throttle_counters_deleted,
+            result.sso_sessions_deleted,
             result.cutoff.isoformat(),
         )
 
