@@ -38,9 +38,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.db.errors import is_database_unavailable
 from app.identity.errors import DomainError, NotFoundError
+from app.ops.logging import mark_logged
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +132,13 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             422,
             "The field cannot be changed by PATCH: `status` changes through the disable and "
             "enable endpoints, the password through `PUT .../password`.",
+        ),
+        _problem_type(
+            "client_disconnected",
+            "Client disconnected",
+            400,
+            "The client closed the connection before sending the whole request body. Nobody "
+            "receives this response; it appears in the access log and the metrics.",
         ),
         _problem_type(
             "unauthorized",
@@ -410,6 +419,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return problem_response(request, status=status, code=code, detail=detail, headers=headers)
 
 
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    # An expected event, not a failure of the service: one info line, no traceback.
+    logger.info("request.client_disconnected path=%s", request.url.path)
+    if _is_excluded(request.url.path):
+        return PlainTextResponse("Client Disconnected", status_code=400)
+    return problem_response(
+        request,
+        status=400,
+        code="client_disconnected",
+        detail="the client closed the connection before the request body was complete",
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     # Starlette runs the catch-all handler in ServerErrorMiddleware, outside every user
     # middleware, so the response gets its X-Request-ID header here.
@@ -446,6 +468,7 @@ def _render_unexpected(
     logger.exception(
         "request.failed path=%s request_id=%s", request.url.path, request_id, exc_info=exc
     )
+    mark_logged(exc)
     if _is_excluded(request.url.path):
         return PlainTextResponse("Internal Server Error", status_code=500)
     return problem_response(
@@ -469,6 +492,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     # Database and network errors are also registered by class, so ExceptionMiddleware answers
     # them: the catch-all above runs in ServerErrorMiddleware, which re-raises after answering.
     app.add_exception_handler(SQLAlchemyError, _infrastructure_error)

@@ -261,6 +261,66 @@ class TestAccessLog:
         assert access[-1]["level"] == "error"
         assert access[-1]["route"] == "/test-explode"
 
+    async def test_uvicorn_repeat_of_error_dropped(
+        self, app: FastAPI, logs: io.StringIO
+    ) -> None:
+        raised = RuntimeError("boom once in the log")
+
+        async def explode() -> None:
+            raise raised
+
+        app.add_api_route("/test-explode-once", explode)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await http.get("/test-explode-once")
+        # What uvicorn does with the exception that ServerErrorMiddleware re-raises.
+        uvicorn_errors = logging.getLogger("uvicorn.error")
+        uvicorn_errors.error("Exception in ASGI application\n", exc_info=raised)
+        other = ValueError("boom never logged before")
+        uvicorn_errors.error("Exception in ASGI application\n", exc_info=other)
+
+        assert response.status_code == 500
+        text = logs.getvalue()
+        assert text.count("boom once in the log") == 1
+        assert text.count("boom never logged before") == 1
+
+    async def test_client_disconnect_not_an_error(
+        self, app: FastAPI, logs: io.StringIO
+    ) -> None:
+        body = profile_request("ERID-1")
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": "/rum/user-profile",
+            "raw_path": b"/rum/user-profile", "query_string": b"", "root_path": "",
+            "headers": [
+                (b"host", b"testserver"),
+                (b"content-type", b"text/xml"),
+                (b"content-length", str(len(body)).encode()),
+                *[(name.lower().encode(), value.encode()) for name, value in basic_auth().items()],
+            ],
+            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+        }
+        messages = iter([
+            {"type": "http.request", "body": body[:20], "more_body": True},
+            {"type": "http.disconnect"},
+        ])
+        sent: list[dict[str, object]] = []
+
+        async def receive() -> dict[str, object]:
+            return next(messages)
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+
+        assert sent[0]["status"] == 400
+        records = json_lines(logs)
+        assert [record for record in records if record["level"] == "error"] == []
+        access = [record for record in records if record["event"] == "http.request"]
+        assert access[-1]["status"] == 400
+        assert access[-1]["level"] == "info"
+
     async def test_handled_error_line(self, logs: io.StringIO) -> None:
         log_handled_error("problem.conflict", status=409, error="login_taken", field="login")
 

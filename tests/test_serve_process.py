@@ -98,8 +98,10 @@ def log_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def slow_server(fresh_database_url: URL, log_path: Path) -> Iterator[Server]:
+    # 150 passes over 19 MiB take over a second even on a fast core, so the login is still in
+    # flight when SIGTERM arrives.
     server = Server(
-        fresh_database_url, log_path, workers=1, SSO_ARGON2_TIME_COST="50", SSO_HASH_THREADS="1"
+        fresh_database_url, log_path, workers=1, SSO_ARGON2_TIME_COST="150", SSO_HASH_THREADS="1"
     )
     try:
         server.wait_until_healthy()

@@ -70,6 +70,27 @@ def redact_secrets(
     return event_dict
 
 
+_LOGGED_ATTRIBUTE: Final = "_sso_traceback_logged"
+
+
+def mark_logged(error: BaseException) -> None:
+    """Note that `error`'s traceback is in the log, so uvicorn's second report of it is dropped.
+
+    Starlette's ServerErrorMiddleware re-raises an exception after the app's handler has
+    sent the 500 response, and uvicorn then logs "Exception in ASGI application" with the same
+    traceback.
+    """
+    try:
+        setattr(error, _LOGGED_ATTRIBUTE, True)
+    except AttributeError:
+        return
+
+
+def _not_logged_before(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not getattr(error, _LOGGED_ATTRIBUTE, False)
+
+
 class _OwnHandler(logging.Handler):
     """The root handler that `configure_logging` installs, distinct from others (pytest's capture).
 
@@ -152,6 +173,9 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> N
         library_logger = logging.getLogger(name)
         library_logger.handlers.clear()
         library_logger.propagate = True
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if _not_logged_before not in uvicorn_errors.filters:
+        uvicorn_errors.addFilter(_not_logged_before)
     # SQLAlchemy logs every statement at INFO when its logger inherits a low level.
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
     access = logging.getLogger("uvicorn.access")

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.db.errors import is_database_unavailable
@@ -89,6 +90,12 @@ async def process_callback(
     except BodyTooLargeError:
         return xml_error(
             413, "body_too_large", f"the body is larger than {settings.max_body_bytes} bytes"
+        )
+    except ClientDisconnect:
+        # The client is gone and never reads this response; the access line records a 400.
+        logger.info("rum.client_disconnected")
+        return xml_error(
+            400, "client_disconnected", "the connection closed before the body was complete"
         )
 
     try:
