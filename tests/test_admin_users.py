@@ -936,6 +936,17 @@ class TestListUsers:
 
         assert_problem(response, 422, "validation_failed", "created_after")
 
+    @pytest.mark.parametrize("number", ["0", "0.5", "1733300000", "-1", "1e9"])
+    async def test_number_as_time_rejected(
+        self, client: httpx.AsyncClient, read_key: str, number: str
+    ) -> None:
+        response = await client.get(
+            USERS, params={"created_before": number}, headers=bearer(read_key)
+        )
+
+        assert_problem(response, 422, "validation_failed", "created_before")
+        assert "ISO 8601" in response.json()["errors"][0]["message"]
+
     async def test_pages_follow_cursor(
         self, client: httpx.AsyncClient, write_key: str, read_key: str
     ) -> None:

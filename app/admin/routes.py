@@ -12,7 +12,6 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import AwareDatetime
 from sqlalchemy import func, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,6 +39,7 @@ from app.identity.service import (
 from app.models import User
 from app.models.user import PERSONAL_COLUMNS
 from app.problems import problem_responses, request_id_of
+from app.query_types import IsoDateTime
 from app.sessions.service import revoke_user_sessions
 
 USERS_TAG = "Users"
@@ -221,11 +221,11 @@ async def list_users(
         Literal["active", "disabled", "erased"] | None, Query(description="Only this status.")
     ] = None,
     created_after: Annotated[
-        AwareDatetime | None,
+        IsoDateTime | None,
         Query(description="Only users created after this time (ISO 8601 with offset)."),
     ] = None,
     created_before: Annotated[
-        AwareDatetime | None,
+        IsoDateTime | None,
         Query(description="Only users created before this time (ISO 8601 with offset)."),
     ] = None,
     limit: Annotated[
@@ -536,10 +536,10 @@ async def list_audit_events_endpoint(
         uuid.UUID | None, Query(description="Only changes made with this API key.")
     ] = None,
     occurred_after: Annotated[
-        AwareDatetime | None, Query(description="Only events after this time (ISO 8601).")
+        IsoDateTime | None, Query(description="Only events after this time (ISO 8601).")
     ] = None,
     occurred_before: Annotated[
-        AwareDatetime | None, Query(description="Only events before this time (ISO 8601).")
+        IsoDateTime | None, Query(description="Only events before this time (ISO 8601).")
     ] = None,
     limit: Annotated[
         int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"Page size, 1 to {MAX_PAGE_SIZE}.")

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +23,7 @@ from app.deps import SessionDep
 from app.identity.errors import InvalidValueError, NotFoundError
 from app.models import LoginEvent, ThrottleCounter, User
 from app.problems import problem_responses, request_id_of
+from app.query_types import IsoDateTime
 from app.security.throttle import (
     ACCOUNT,
     ADDRESS,
@@ -373,10 +374,10 @@ async def list_login_events(
         str | None, Query(max_length=64, description="Only events from this IP address.")
     ] = None,
     occurred_after: Annotated[
-        AwareDatetime | None, Query(description="Only events after this time (ISO 8601).")
+        IsoDateTime | None, Query(description="Only events after this time (ISO 8601).")
     ] = None,
     occurred_before: Annotated[
-        AwareDatetime | None, Query(description="Only events before this time (ISO 8601).")
+        IsoDateTime | None, Query(description="Only events before this time (ISO 8601).")
     ] = None,
     limit: Annotated[
         int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"Page size, 1 to {MAX_PAGE_SIZE}.")

@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import AwareDatetime
 
 from app.admin.audit import record_audit_event
 from app.admin.keys import AdminReadKey, AdminWriteKey, PermissionDeniedError
@@ -28,6 +27,7 @@ from app.problems import (
     problem_responses,
     request_id_of,
 )
+from app.query_types import IsoDateTime
 from app.transfer.crosslinks import DEFAULT_SINCE_DAYS, audit_crosslinks
 from app.transfer.exporter import EXPORTABLE_STATUSES, ExportOptions, export_users
 from app.transfer.formats import FileFormat, FileFormatError
@@ -209,8 +209,8 @@ async def export(
         bool, Query(description="Add password_hash; needs the admin:export-secrets scope.")
     ] = False,
     status: Annotated[list[Literal["active", "disabled"]] | None, Query()] = None,
-    created_from: Annotated[AwareDatetime | None, Query()] = None,
-    created_before: Annotated[AwareDatetime | None, Query()] = None,
+    created_from: Annotated[IsoDateTime | None, Query()] = None,
+    created_before: Annotated[IsoDateTime | None, Query()] = None,
 ) -> StreamingResponse:
     """Stream the users in `created_at` order; erased users are never exported."""
     if include_password_hashes:
