@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import URL
 
 from app.admin.keys import create_api_key
@@ -39,7 +39,7 @@ from app.models import AuditEvent, LoginEvent, User, UserAddress
 from app.settings import Settings
 from tests.conftest import make_settings
 from tests.factories import DEFAULT_PASSWORD, make_user
-from tests.rum_messages import basic_auth, child_text, login_request, parse
+from tests.rum_messages import basic_auth, child_text, login_request, parse, profile_request
 
 pytestmark = pytest.mark.slow
 
@@ -379,3 +379,57 @@ class TestPoolExhaustion:
 
         assert response.status_code == 200
         assert child_text(parse(response.content), "successful") == "true"
+
+
+class TestServerClosedConnections:
+    """Pooled connections that the server closed, as in a restart, are replaced at checkout."""
+
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return fast_hashing(db_pool_size=4, db_max_overflow=0)
+
+    async def test_callbacks_succeed_after_backends_end(
+        self, committed_app: FastAPI, committed_client: httpx.AsyncClient
+    ) -> None:
+        database = committed_app.state.database
+        async with database.sessionmaker() as session:
+            shopper = await make_user(session, committed_app.state.hasher, login="pool@example.com")
+            await session.commit()
+        profile = profile_request(shopper.external_reference_id)
+        login = login_request(shopper.login, DEFAULT_PASSWORD)
+        # Fill the pool with several idle connections.
+        warm = await asyncio.gather(
+            *(committed_client.post("/rum/user-profile", content=profile, headers=basic_auth())
+              for _ in range(8))
+        )
+        assert {response.status_code for response in warm} == {200}
+
+        terminated = await terminate_service_backends(database)
+        await asyncio.sleep(0.2)  # lets the event loop read each connection's end of stream
+        after = [
+            await committed_client.post(path, content=body, headers=basic_auth())
+            for path, body in [("/rum/user-profile", profile), ("/rum/login", login)] * 4
+        ]
+
+        assert terminated >= 1
+        assert [response.status_code for response in after] == [200] * 8
+        assert child_text(parse(after[1].content), "successful") == "true"
+
+
+async def terminate_service_backends(database: Database) -> int:
+    """End every server process that serves the app's pool, as a PostgreSQL restart would."""
+    engine = create_engine(database.url, make_settings())
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                select(func.pg_terminate_backend(text("pid")))
+                .select_from(text("pg_stat_activity"))
+                .where(
+                    text("datname = current_database()"),
+                    text("pid <> pg_backend_pid()"),
+                    text("application_name = 'sso-provider'"),
+                )
+            )
+            return len(rows.all())
+    finally:
+        await engine.dispose()
