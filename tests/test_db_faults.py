@@ -381,6 +381,46 @@ class TestPoolExhaustion:
         assert child_text(parse(response.content), "successful") == "true"
 
 
+class TestNoConnectionWhileHashing:
+    """A login returns its pooled connection before argon2id runs.
+
+    So a pool of one connection serves concurrent logins that each hash for longer than the
+    pool timeout.
+    """
+
+    @pytest.fixture(params=[0, 1000], ids=["driver path", "address throttling"])
+    def settings(self, request: pytest.FixtureRequest) -> Settings:
+        return fast_hashing(
+            argon2_memory_cost_kib=19456,
+            argon2_time_cost=60,
+            hash_threads=4,
+            throttle_address_max_failures=request.param,
+            db_pool_size=1,
+            db_max_overflow=0,
+            db_pool_timeout_seconds=0.3,
+        )
+
+    async def test_concurrent_slow_logins_share_one_connection(
+        self, committed_app: FastAPI, committed_client: httpx.AsyncClient
+    ) -> None:
+        database = committed_app.state.database
+        async with database.sessionmaker() as session:
+            shopper = await make_user(session, committed_app.state.hasher, login="slow@example.com")
+            await session.commit()
+        body = login_request(shopper.login, DEFAULT_PASSWORD)
+
+        started = time.monotonic()
+        responses = await asyncio.gather(
+            *(committed_client.post("/rum/login", content=body, headers=basic_auth())
+              for _ in range(4))
+        )
+        elapsed = time.monotonic() - started
+
+        assert elapsed > 0.3, "each hash must outlast the pool timeout for this test to mean much"
+        assert [response.status_code for response in responses] == [200] * 4
+        assert {child_text(parse(r.content), "successful") for r in responses} == {"true"}
+
+
 class TestServerClosedConnections:
     """Pooled connections that the server closed, as in a restart, are replaced at checkout."""
 

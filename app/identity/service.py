@@ -236,6 +236,9 @@ async def authenticate(
     """
     user = await find_user(session, login=login)
     stored_hash = user.password_hash if user is not None else None
+    # Ends the read, so the pooled connection is free while argon2id runs. The caller has
+    # nothing pending here, and the session keeps the loaded user after a commit.
+    await session.commit()
     result = await hasher.verify(password, stored_hash)
     if user is None:
         return LoginResult(LoginOutcome.UNKNOWN_LOGIN)

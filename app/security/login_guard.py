@@ -105,6 +105,8 @@ async def verify_rejected_login(
     Returns the user, for the audit record only: the password is never checked against it.
     """
     user = await find_user(session, login=login)
+    # As in `authenticate`: no connection is kept while argon2id runs.
+    await session.commit()
     await hasher.verify(password, None)
     return user
 
