@@ -7,7 +7,8 @@ Creates a fresh database on the server (dropped afterwards unless --keep) and ap
 migrations. Generates the file with bench/generate_users.py unless --file names one. Runs the
 import as a subprocess and samples the resident memory of the importer and its children every
 50 ms. Prints one JSON object with the timings, the phase start times taken from the progress
-lines, and the peak resident memory of the importer process and of its whole process tree.
+lines, the peak resident memory of the importer process and of its whole process tree, and the
+CPU time of the importer and of its PostgreSQL backends.
 """
 
 # ruff: noqa: S108, S603 - a benchmark that runs this project's own commands in a scratch folder
@@ -36,28 +37,60 @@ from app.db.url import to_async_url, to_libpq_dsn  # noqa: E402
 
 
 class MemorySampler(threading.Thread):
-    """Poll the resident set size of a process and its children until it exits."""
+    """Poll the resident set size of a process and its children until it exits.
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
+    Also records the CPU time of the importer and of the PostgreSQL backends serving the
+    benchmark database, found by the database name in their process title. Those are visible
+    only when the server runs on this machine; otherwise the backend CPU time stays 0.
+    """
+
+    def __init__(self, pid: int, database: str, interval: float = 0.05) -> None:
         super().__init__(daemon=True)
         self.process = psutil.Process(pid)
+        self.database = database
         self.interval = interval
         self.peak_main = 0
         self.peak_tree = 0
+        self.importer_cpu_seconds = 0.0
+        self.backend_cpu_seconds: dict[int, float] = {}
+        self._backends: list[psutil.Process] = []
         self._done = threading.Event()
 
     def run(self) -> None:
+        samples = 0
         while not self._done.is_set():
             try:
                 main = self.process.memory_info().rss
                 tree = main + sum(
                     child.memory_info().rss for child in self.process.children(recursive=True)
                 )
+                times = self.process.cpu_times()
+                self.importer_cpu_seconds = times.user + times.system
             except psutil.Error:
                 return
             self.peak_main = max(self.peak_main, main)
             self.peak_tree = max(self.peak_tree, tree)
+            if samples % 20 == 0:  # a new backend appears only when the importer connects
+                self._backends = self._find_backends()
+            self._sample_backends()
+            samples += 1
             time.sleep(self.interval)
+
+    def _find_backends(self) -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter(["name", "cmdline"]):
+            title = " ".join(process.info["cmdline"] or [])
+            if process.info["name"] == "postgres" and f" {self.database} " in title:
+                found.append(process)
+        return found
+
+    def _sample_backends(self) -> None:
+        for backend in self._backends:
+            try:
+                times = backend.cpu_times()
+            except psutil.Error:
+                continue  # the backend exited; its last sample stays
+            self.backend_cpu_seconds[backend.pid] = times.user + times.system
 
     def stop(self) -> None:
         self._done.set()
@@ -114,6 +147,8 @@ def main() -> int:
             )
             generation_seconds = round(time.monotonic() - started, 1)
 
+    # Other work on the machine changes the result, so the load is recorded before and after.
+    load_at_start = os.getloadavg()
     name = f"sso_import_bench_{secrets.token_hex(3)}"
     asyncio.run(admin(args.server, f'CREATE DATABASE "{name}"'))
     url = str(
@@ -143,7 +178,7 @@ def main() -> int:
             stderr=subprocess.PIPE,
             text=True,
         )
-        sampler = MemorySampler(process.pid)
+        sampler = MemorySampler(process.pid, name)
         sampler.start()
         phases: dict[str, float] = {}
         assert process.stderr is not None
@@ -174,11 +209,14 @@ def main() -> int:
         "phase_started_at_seconds": phases,
         "peak_rss_importer_mb": round(sampler.peak_main / 2**20),
         "peak_rss_process_tree_mb": round(sampler.peak_tree / 2**20),
+        "cpu_seconds_importer": round(sampler.importer_cpu_seconds, 1),
+        "cpu_seconds_postgres_backends": round(sum(sampler.backend_cpu_seconds.values()), 1),
         "summary_line": stdout.strip().splitlines()[-1] if stdout.strip() else None,
         "machine": {
             "cpus": os.cpu_count(),
             "memory_gb": round(psutil.virtual_memory().total / 2**30),
             "python": platform.python_version(),
+            "load_average_at_start": load_at_start,
             "load_average_at_end": os.getloadavg(),
         },
     }

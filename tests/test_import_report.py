@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -12,8 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.identity.passwords import PasswordHasher
 from app.identity.service import erase_user
-from app.models import AuditEvent, User, UserAddress, UserAttribute
+from app.models import AuditEvent, IssuedIdentifier, User, UserAddress, UserAttribute
 from app.transfer.formats import FileFormatError
+from app.transfer.importer import Importer, ImportOptions, ImportSummary
+from app.transfer.validate import RowError
 from tests.factories import make_user
 from tests.transfer_helpers import run_import
 
@@ -271,3 +275,128 @@ async def test_worker_processes_give_same_report(
     assert {(error.row, error.field, error.code) for error in errors} == expected
     assert summary.rows_read == 20
     assert summary.rows_imported == 2
+
+
+async def test_small_batches_give_same_report(
+    session: AsyncSession, hasher: PasswordHasher, planted: tuple[str, set[tuple[int, str, str]]]
+) -> None:
+    content, expected = planted
+    summary, errors = await run_import(session, hasher, content, skip_invalid=True, batch_rows=3)
+    assert {(error.row, error.field, error.code) for error in errors} == expected
+    assert summary.rows_read == 20
+    assert summary.rows_imported == 2
+
+
+async def test_bad_bytes_after_copied_batches(
+    session: AsyncSession, hasher: PasswordHasher
+) -> None:
+    # Batches of two rows: several COPYs have run, and one may still run, when the reader
+    # reaches the bad bytes.
+    good = "".join(f"early{number}@example.com\n" for number in range(9))
+    content = b"login\n" + good.encode() + b"\xff\xfe@example.com\n"
+    with pytest.raises(FileFormatError, match="not valid UTF-8"):
+        await run_import(session, hasher, content, batch_rows=2)
+    await session.rollback()
+    assert await _imported_count(session) == 0
+
+    summary, errors = await run_import(session, hasher, "login\nafter@example.com\n")
+    assert errors == []
+    assert summary.rows_imported == 1
+
+
+class _Unseekable(io.RawIOBase):
+    """A byte stream that cannot seek, like a pipe: the importer takes the staged path only."""
+
+    def __init__(self, data: bytes) -> None:
+        self._source = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._source.readinto(buffer)
+
+
+async def _import_stream(
+    session: AsyncSession, hasher: PasswordHasher, source: Any, **options: Any
+) -> tuple[ImportSummary, list[RowError]]:
+    errors: list[RowError] = []
+    importer = Importer(
+        session, hasher, ImportOptions(file_format="csv", **options), report=errors.append
+    )
+    summary = await importer.run(source)
+    await session.commit()
+    return summary, errors
+
+
+async def _table_count(session: AsyncSession, model: Any) -> int:
+    return await session.scalar(select(func.count()).select_from(model)) or 0
+
+
+async def test_late_conflict_restarts_on_staged_path(
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    planted: tuple[str, set[tuple[int, str, str]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    users_before = await _table_count(session, User)
+    ledger_before = await _table_count(session, IssuedIdentifier)
+    good = [{"login": f"early{number}@example.com"} for number in range(9)]
+    late = {"login": "late@example.com", "external_reference_id": "EXISTING-1"}
+    content = _csv([*good, late]).encode()
+
+    # Batches of two rows: four batches go into users before the fifth one conflicts.
+    with caplog.at_level(logging.INFO, logger="app.transfer.importer"):
+        direct_summary, direct_errors = await _import_stream(
+            session, hasher, io.BytesIO(content), batch_rows=2
+        )
+    assert "import.direct_path_stopped" in caplog.text
+    assert "rows_read=10" in caplog.text
+    staged_summary, staged_errors = await _import_stream(
+        session, hasher, io.BufferedReader(_Unseekable(content)), batch_rows=2
+    )
+
+    assert direct_errors == staged_errors
+    assert [(error.row, error.code) for error in direct_errors] == [(11, "already_exists")]
+    assert direct_summary.as_dict() | {"seconds": 0} == staged_summary.as_dict() | {"seconds": 0}
+    assert direct_summary.rows_read == 10
+    assert direct_summary.written is False
+    assert await _table_count(session, User) == users_before
+    assert await _table_count(session, IssuedIdentifier) == ledger_before
+    assert await _table_count(session, AuditEvent) == 0
+
+
+async def test_direct_path_keeps_file_order(session: AsyncSession, hasher: PasswordHasher) -> None:
+    rows = [
+        {
+            "login": f"user{number}@example.com",
+            "external_reference_id": f"ORDER-{number}",
+            "shipping_address.country": "DE" if number % 2 else "",
+            "attributes.tier": "gold" if number % 3 == 0 else "",
+        }
+        for number in range(7)
+    ]
+    summary, errors = await run_import(session, hasher, _csv(rows), batch_rows=3)
+    assert errors == []
+    assert summary.rows_imported == 7
+    assert summary.written is True
+
+    users = (
+        await session.scalars(select(User).where(User.created_via == "import").order_by(User.id))
+    ).all()
+    assert [user.external_reference_id for user in users] == [f"ORDER-{n}" for n in range(7)]
+    ledger = await session.scalar(
+        select(func.count())
+        .select_from(IssuedIdentifier)
+        .where(IssuedIdentifier.user_key.in_([user.user_key for user in users]))
+    )
+    assert ledger == 7
+    addresses = (await session.scalars(select(UserAddress.user_id))).all()
+    assert sorted(addresses) == [users[n].id for n in (1, 3, 5)]
+    attributes = (await session.scalars(select(UserAttribute.user_id))).all()
+    assert sorted(attributes) == [users[n].id for n in (0, 3, 6)]
+    events = (
+        await session.scalars(select(AuditEvent).where(AuditEvent.action == "users.import"))
+    ).all()
+    assert len(events) == 1
+    assert events[0].details["rows_imported"] == 7

@@ -1,17 +1,22 @@
-"""Per-row validation shared with the admin API: email fast path, identifiers, hash parsing."""
+"""Per-row validation shared with the admin API: fast paths, identifiers, hash parsing."""
 
 from __future__ import annotations
 
+import base64
 import random
 import string
+import unicodedata
 import uuid
+from typing import Any
 
 import pytest
 from email_validator import EmailNotValidError, validate_email
 
+from app.identity.errors import InvalidValueError
+from app.identity.identifiers import _FORBIDDEN_CATEGORIES, normalize_login
 from app.identity.passwords import ACCEPTED_SCHEMES, build_context
 from app.identity.schemas import _check_email
-from app.transfer.hashes import parse_hash_scheme
+from app.transfer.hashes import canonical_scheme, parse_hash_scheme, parse_with_handler
 from app.transfer.validate import RowValidator
 from tests.conftest import make_settings
 
@@ -158,3 +163,92 @@ def _cheap(scheme: str) -> dict[str, int]:
     if "pbkdf2" in scheme or scheme.endswith("_crypt"):
         return {"rounds": 1000}
     return {}
+
+
+_BASE64 = string.ascii_letters + string.digits + "+/"
+_HASH64 = "./" + string.digits + string.ascii_uppercase + string.ascii_lowercase
+_BCRYPT64 = "./" + string.ascii_uppercase + string.ascii_lowercase + string.digits
+
+
+def _canonical_samples(generator: random.Random) -> dict[str, list[str]]:
+    """Return random strings in each canonical hash form, including its extreme values."""
+
+    def text(alphabet: str, length: int) -> str:
+        return "".join(generator.choice(alphabet) for _ in range(length))
+
+    def number(low: int, high: int) -> int:
+        return generator.choice([low, high, generator.randrange(low, high + 1)])
+
+    samples: dict[str, list[str]] = {}
+    for _ in range(300):
+        salt = bytes(generator.randrange(256) for _ in range(20 + number(4, 16)))
+        lanes = number(1, 4)
+        forms = {
+            "argon2": f"$argon2id$v=19$m={number(8 * lanes, 9_999_999)},"
+            f"t={number(1, 999_999_999)},p={lanes}${text(_BASE64, 22)}${text(_BASE64, 43)}",
+            "bcrypt": f"$2{generator.choice('aby')}${number(4, 31):02d}$"
+            f"{text(_BCRYPT64, 21)}{generator.choice('.Oeu')}"
+            f"{text(_BCRYPT64, 30)}{generator.choice('.CGKOSWaeimquy26')}",
+            "pbkdf2_sha256": f"$pbkdf2-sha256${number(1, 999_999_999)}$"
+            f"{text(_HASH64, 22)}${text(_HASH64, 43)}",
+            "django_pbkdf2_sha256": f"pbkdf2_sha256${number(1, 999_999_999)}$"
+            f"{text(string.ascii_letters + string.digits, number(1, 64))}${text(_BASE64, 43)}=",
+            "sha512_crypt": f"$6${text(_HASH64, number(1, 16))}${text(_HASH64, 86)}",
+            "ldap_salted_sha1": "{SSHA}" + base64.b64encode(salt).decode(),
+        }
+        for scheme, sample in forms.items():
+            samples.setdefault(scheme, []).append(sample)
+    return samples
+
+
+def test_canonical_hash_forms_parse_in_libpass() -> None:
+    context = build_context(make_settings())
+    samples = _canonical_samples(random.Random(11))  # noqa: S311 - test data, not a secret
+    for scheme, hashes in samples.items():
+        for stored in hashes:
+            assert canonical_scheme(context, stored) == scheme, stored
+            assert parse_with_handler(context, stored) == scheme, stored
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA",
+        "$argon2id$v=19$m=019456,t=2,p=1$" + "A" * 22 + "$" + "B" * 43,
+        "$argon2id$v=19$m=31,t=2,p=4$" + "A" * 22 + "$" + "B" * 43,
+        "$2b$03$" + "a" * 53,
+        "$2b$10$" + "a" * 52,
+        "{SSHA}!!!!",
+        "{SSHA}" + base64.b64encode(b"x" * 20).decode(),
+        "$6$rounds=999$salt$" + "a" * 86,
+    ],
+)
+def test_near_canonical_hash_uses_handler(stored: str) -> None:
+    context = build_context(make_settings())
+    assert canonical_scheme(context, stored) is None
+    assert _parse_outcome(parse_hash_scheme, context, stored) == _parse_outcome(
+        parse_with_handler, context, stored
+    )
+
+
+def _parse_outcome(parse: Any, context: Any, stored: str) -> str:
+    try:
+        return str(parse(context, stored))
+    except ValueError as exc:
+        return f"error: {exc}"
+
+
+def test_ascii_login_normalisation_matches_unicode_rules() -> None:
+    def general(login: str) -> str | None:
+        if any(unicodedata.category(character) in _FORBIDDEN_CATEGORIES for character in login):
+            return None
+        return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", login).casefold())
+
+    for first in range(128):
+        for second in range(128):
+            login = f"a{chr(first)}{chr(second)}Z"
+            try:
+                fast: str | None = normalize_login(login)
+            except InvalidValueError:
+                fast = None
+            assert fast == general(login), repr(login)
