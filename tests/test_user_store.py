@@ -296,6 +296,44 @@ class TestRawSqlGuarantees:
         assert "not allowed" in error
         assert count == 1
 
+    async def test_ledger_records_every_row_of_one_insert(
+        self, session: AsyncSession
+    ) -> None:
+        inserted = (
+            await session.execute(
+                text(
+                    "INSERT INTO users (external_reference_id, login, login_normalized) "
+                    "SELECT 'bulk-' || n, 'bulk' || n || '@example.com', "
+                    "'bulk' || n || '@example.com' FROM generate_series(1, 25) AS n "
+                    "RETURNING user_key, external_reference_id"
+                )
+            )
+        ).all()
+        recorded = (
+            await session.execute(
+                select(IssuedIdentifier.user_key, IssuedIdentifier.external_reference_id).where(
+                    IssuedIdentifier.user_key.in_([row.user_key for row in inserted])
+                )
+            )
+        ).all()
+
+        expected = sorted((row.user_key, row.external_reference_id) for row in inserted)
+        assert len(inserted) == 25
+        assert sorted(recorded) == expected
+
+    async def test_exact_erid_duplicate_rejected(
+        self, session: AsyncSession, hasher: PasswordHasher
+    ) -> None:
+        await make_user(session, hasher, external_reference_id="exact-dup")
+
+        error = await _expect_database_error(
+            session,
+            "INSERT INTO users (external_reference_id, login, login_normalized) "
+            "VALUES ('exact-dup', 'dup@example.com', 'dup@example.com')",
+        )
+
+        assert "uq_users_external_reference_id_lower" in error
+
     async def test_erased_row_cannot_regain_personal_data(
         self, session: AsyncSession, hasher: PasswordHasher
     ) -> None:

@@ -27,7 +27,6 @@ from app.ops.metrics import count_login_outcomes
 # Constraint names from the migrations, mapped to the API field they protect.
 _UNIQUE_FIELDS = {
     "uq_users_login_normalized": "login",
-    "uq_users_external_reference_id": "external_reference_id",
     "uq_users_external_reference_id_lower": "external_reference_id",
     "uq_issued_identifiers_external_reference_id_lower": "external_reference_id",
     "uq_users_user_key": "user_key",

@@ -89,7 +89,8 @@ class User(Base):
     user_key: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), nullable=False, unique=True, server_default=func.gen_random_uuid()
     )
-    external_reference_id: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    # Unique through `uq_users_external_reference_id_lower`, which also covers letter case.
+    external_reference_id: Mapped[str] = mapped_column(Text, nullable=False)
     login: Mapped[str | None] = mapped_column(Text)
     login_normalized: Mapped[str | None] = mapped_column(Text, unique=True)
     email: Mapped[str | None] = mapped_column(Text)
