@@ -113,7 +113,7 @@ def serve(host: str, port: int, workers: int) -> None:
             log_level=settings.log_level,
             # h11 bounds the request line and headers it buffers while they are incomplete
             # (uvicorn's httptools parser has no such limit): past it, 400 and close.
-            http="h11",
+            http=settings.http_parser,
             h11_max_incomplete_event_size=settings.max_header_bytes,
         )
     finally:

@@ -25,7 +25,7 @@ from tests.admin_support import bearer, new_key
 from tests.conftest import make_settings
 from tests.factories import make_user
 from tests.ops_helpers import cli_command
-from tests.rum_messages import basic_auth, child_text, login_request, parse
+from tests.rum_messages import basic_auth, child_text, login_request, parse, profile_request
 from tests.service_process import ServiceProcess
 
 TRUSTED = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")]
@@ -303,6 +303,36 @@ class TestServedHeaderLimit:
         # Arriving in one read, it is parsed whole and the app answers 431.
         assert whole.startswith(b"HTTP/1.1 431 ")
         assert b"headers_too_large" in whole
+
+    def test_httptools_parser_chosen_by_setting(
+        self, fresh_database_url: URL, tmp_path: Path
+    ) -> None:
+        service = ServiceProcess(
+            fresh_database_url,
+            tmp_path / "serve.log",
+            command=[*cli_command(), "serve"],
+            SSO_HTTP_PARSER="httptools",
+        )
+        try:
+            service.wait_until_ready()
+            response = httpx.post(
+                f"{service.base_url}/rum/user-profile",
+                content=profile_request("NO-SUCH-ERID"),
+                headers={**basic_auth(), "Content-Type": "text/xml"},
+                timeout=10,
+            )
+            head = (
+                b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                + b"X-Padding: " + b"a" * 20_000 + b"\r\n\r\n"
+            )
+            trickled = self.send_raw(service.port, head, piece=1024)
+        finally:
+            service.stop()
+
+        assert response.status_code == 200
+        assert b"User not found" in response.content
+        # httptools has no limit on an incomplete head, so the app receives it whole: 431.
+        assert trickled.startswith(b"HTTP/1.1 431 ")
 
     @staticmethod
     def send_raw(port: int, data: bytes, *, piece: int) -> bytes:
