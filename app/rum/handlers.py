@@ -25,7 +25,7 @@ from app.ops.metrics import record_login
 from app.rum import xml
 from app.rum.attributes import returned_attributes
 from app.rum.events import record_event, request_id_of, source_address_of
-from app.rum.login_check import begin_login, finish_login
+from app.rum.login_check import LoginStart, begin_login, finish_login
 from app.rum.password_cipher import decrypt_request_password
 from app.rum.profile_fetch import fetch_profile
 from app.rum.registration import handle_create_user
@@ -122,29 +122,7 @@ async def _handle_login_on_driver(context: CallbackContext, message: xml.LoginRe
 
     password = decrypt_request_password(settings, message.password, "LoginRequest")
     user = start.user
-    new_hash = None
-    if start.counted is None:
-        record_login("failure", "locked_out")
-        await context.hasher.verify(message.password if password is None else password, None)
-        reason: str | None = "locked"
-    elif password is None:
-        # The same argon2id work as a wrong password, so the time does not reveal the failure.
-        await context.hasher.verify(message.password, None)
-        reason = "decryption_failed"
-    else:
-        result = await context.hasher.verify(
-            password, user.password_hash if user is not None else None
-        )
-        if user is None:
-            reason = LoginOutcome.UNKNOWN_LOGIN.value
-        elif not result.valid:
-            reason = LoginOutcome.WRONG_PASSWORD.value
-        elif user.status != "active":
-            reason = LoginOutcome.DISABLED.value
-        else:
-            reason = None
-            new_hash = result.replacement_hash
-        record_login("success", "ok") if reason is None else record_login("failure", reason)
+    reason, new_hash = await _check_password(context, start, message.password, password)
 
     new_lockout = start.counted if start.counted and start.counted.locked_until else None
     if reason is not None and new_lockout is not None:
@@ -181,13 +159,46 @@ async def _handle_login_on_driver(context: CallbackContext, message: xml.LoginRe
     return xml.render_login_failure(*INVALID_LOGIN)
 
 
+async def _check_password(
+    context: CallbackContext, start: LoginStart, sent: str, password: str | None
+) -> tuple[str | None, str | None]:
+    """Verify the password and return the failure reason (None on success) and any new hash.
+
+    `sent` is the password element as sent and `password` its decrypted form, None when it
+    did not decrypt. Every branch spends one argon2id verification.
+    """
+    user = start.user
+    if start.counted is None:
+        record_login("failure", "locked_out")
+        await context.hasher.verify(sent if password is None else password, None)
+        return "locked", None
+    if password is None:
+        # The same argon2id work as a wrong password, so the time does not reveal the failure.
+        await context.hasher.verify(sent, None)
+        return "decryption_failed", None
+
+    result = await context.hasher.verify(password, user.password_hash if user else None)
+    if user is None:
+        reason = LoginOutcome.UNKNOWN_LOGIN.value
+    elif not result.valid:
+        reason = LoginOutcome.WRONG_PASSWORD.value
+    elif user.status != "active":
+        reason = LoginOutcome.DISABLED.value
+    else:
+        record_login("success", "ok")
+        return None, result.replacement_hash
+    record_login("failure", reason)
+    return reason, None
+
+
 async def _handle_login_in_session(
     context: CallbackContext, message: xml.LoginRequest
 ) -> bytes:
     """Authenticate a shopper through the ORM, with source-address throttling.
 
-    A locked account gets that answer too, after the same lookup and argon2id work, so
-    neither the body nor the time shows the lockout. A blocked source address gets
+    Unknown logins, wrong passwords and locked accounts get one identical response. A locked
+    account gets it after the same lookup and argon2id work, so neither the body nor the time
+    shows the lockout. A blocked source address gets
     SourceThrottledError, which the callback layer answers with 429.
     """
     site_id = context.site_id(message.site_id)
