@@ -79,7 +79,7 @@ class Database:
     embedded: EmbeddedPostgres | None = None
 
     def request_session(self) -> AsyncSession:
-        """Return a new session for one request's work; the caller closes it."""
+        """Return a new session for one request's work, which the caller closes."""
         return self.sessionmaker()
 
     @asynccontextmanager

@@ -21,11 +21,10 @@ def returned_attributes(user: User, settings: Settings) -> tuple[xml.ExtendedAtt
     """
     if not settings.rum_returned_attributes:
         return ()
-    values = {attribute.name: attribute.value for attribute in user.attributes}
-    return tuple(
-        xml.ExtendedAttribute(name=name, value=values[name], value_data_type="string")
-        for name in settings.rum_returned_attributes
-        if name in values
+    return attributes_from_arrays(
+        [attribute.name for attribute in user.attributes],
+        [attribute.value for attribute in user.attributes],
+        tuple(settings.rum_returned_attributes),
     )
 
 

@@ -52,7 +52,7 @@ class CompiledStatement:
 
     @classmethod
     def of(cls, statement: ClauseElement, placeholders: dict[str, Any]) -> CompiledStatement:
-        """Compile `statement`; `placeholders` give a value to each bind parameter without one."""
+        """Compile `statement`, with `placeholders` as values of the bind parameters that lack one."""
         compiled: Any = statement.compile(dialect=_DIALECT)
         return cls(
             sql=str(compiled),
@@ -102,7 +102,7 @@ def _begin_statement(policy: ThrottlePolicy) -> CompiledStatement:
         .lateral("attributes")
     )
     # One row whatever matched: the count, when the account was not locked, and the user.
-    one = select(literal(1).label("one")).subquery("one")
+    single_row = select(literal(1).label("one")).subquery("single_row")
     statement = select(
         counted.c.failures,
         counted.c.lockouts,
@@ -116,7 +116,7 @@ def _begin_statement(policy: ThrottlePolicy) -> CompiledStatement:
         attributes.c.names,
         attributes.c.values_,
     ).select_from(
-        one.outerjoin(counted, true())
+        single_row.outerjoin(counted, true())
         .outerjoin(User, User.login_normalized == bindparam("login_normalized", type_=Text))
         .outerjoin(attributes, true())
     )

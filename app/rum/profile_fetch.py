@@ -21,6 +21,11 @@ ADDRESS_KINDS = ("shipping", "billing")
 _ADDRESS_COLUMNS = ",\n    ".join(
     f"{kind}.{column} AS {kind}_{column}" for kind in ADDRESS_KINDS for column in ADDRESS_FIELDS
 )
+# For each address kind, the result column of each address field, built once.
+_ADDRESS_RESULT_COLUMNS = {
+    kind: tuple((column, f"{kind}_{column}") for column in ADDRESS_FIELDS)
+    for kind in ADDRESS_KINDS
+}
 
 # $1 is the ERID to look up (NULL for one that fails the ERID syntax), $2 the ERID to record,
 # $3 the source address, $4 the siteID, $5 the request id and $6 the returned attribute names.
@@ -87,7 +92,9 @@ class FetchedProfile:
 def _address(record: Any, kind: str) -> xml.Address | None:
     if not record[f"has_{kind}"]:
         return None
-    return xml.Address(**{column: record[f"{kind}_{column}"] for column in ADDRESS_FIELDS})
+    return xml.Address(
+        **{field: record[result] for field, result in _ADDRESS_RESULT_COLUMNS[kind]}
+    )
 
 
 async def fetch_profile(
