@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ import asyncpg
 import httpx
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from app.db.migrate import head_revision
 from app.db.url import render, to_libpq_dsn
@@ -33,6 +37,7 @@ from tests.database import TestServer as DatabaseServer
 from tests.ops_helpers import child_environment
 
 ROOT = Path(__file__).resolve().parents[1]
+CONSTRAINTS = ROOT / "docker" / "constraints.txt"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -193,6 +198,51 @@ class TestDockerfile:
 
         for entry in (".git", ".venv", ".env", ".sso-data"):
             assert entry in ignored
+
+
+class TestConstraints:
+    """docker/constraints.txt pins every dependency to a version within pyproject.toml's range."""
+
+    @staticmethod
+    def pinned() -> dict[str, Version]:
+        versions: dict[str, Version] = {}
+        for line in CONSTRAINTS.read_text(encoding="utf-8").splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, separator, version = line.partition("==")
+            assert separator, f"constraint {line!r} is not of the form name==version"
+            versions[canonicalize_name(name)] = Version(version)
+        return versions
+
+    @staticmethod
+    def declared() -> list[Requirement]:
+        project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+        listed = project["dependencies"] + project["optional-dependencies"]["dev"]
+        return [Requirement(text) for text in listed]
+
+    def test_every_dependency_pinned(self) -> None:
+        pinned = self.pinned()
+
+        for requirement in self.declared():
+            name = canonicalize_name(requirement.name)
+            assert name in pinned, f"{name} is not pinned: run `make constraints`"
+
+    def test_pins_within_declared_ranges(self) -> None:
+        pinned = self.pinned()
+
+        for requirement in self.declared():
+            version = pinned[canonicalize_name(requirement.name)]
+            assert requirement.specifier.contains(version, prereleases=True), (
+                f"{requirement.name} {version} is outside {requirement.specifier}: "
+                "run `make constraints`"
+            )
+
+    def test_install_step_uses_constraints(self) -> None:
+        install = (ROOT / "docker" / "install.sh").read_text(encoding="utf-8")
+        makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+
+        assert "--constraint docker/constraints.txt" in install
+        assert "-c $(CONSTRAINTS)" in makefile
 
 
 class TestCompose:
