@@ -208,16 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         earlier: dict[str, Any] | None = None
         for index in range(args.count):
             user = make_user(rng, args.seed, index, hashes)
-            kind = planned.get(index)
-            if kind is not None:
-                source = earlier if kind != "existing" else None
+            planted = planned.get(index)
+            if planted is not None:
+                source = earlier if planted != "existing" else None
                 existing = (
                     identity(args.existing_seed, index)
                     if args.existing_seed is not None
                     else ("", "", "")
                 )
-                plant(kind, user, source, existing)
-                counts[kind] += 1
+                plant(planted, user, source, existing)
+                counts[planted] += 1
             elif earlier is None or rng.random() < 0.001:
                 earlier = user  # an unplanted row that later conflicts may copy
             if writer is not None:

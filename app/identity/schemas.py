@@ -117,7 +117,9 @@ def _text(max_length: int) -> type[str]:
     ]
 
 
-Name = _text(200)
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_reject_nul)
+]
 Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_check_email)]
 Locale = Annotated[str, AfterValidator(_check_locale)]
 Country = Annotated[str, AfterValidator(_check_country)]

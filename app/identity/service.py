@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -258,12 +258,14 @@ async def erase_user(session: AsyncSession, user: User) -> None:
     """Remove a user's personal data; `user_key` and ERID stay, reserved for ever."""
     values: dict[str, Any] = dict.fromkeys(PERSONAL_COLUMNS)
     values.update(status="erased", erased_at=func.now(), password_changed_at=None)
-    await session.execute(
-        UserAddress.__table__.delete().where(UserAddress.user_id == user.id)
-    )
-    await session.execute(
-        UserAttribute.__table__.delete().where(UserAttribute.user_id == user.id)
-    )
+    # `session.expire(user)` below reloads the collections, so the session need not track which
+    # loaded rows these statements remove.
+    for model in (UserAddress, UserAttribute):
+        await session.execute(
+            delete(model)
+            .where(model.user_id == user.id)
+            .execution_options(synchronize_session=False)
+        )
     await session.execute(update(User).where(User.id == user.id).values(**values))
     session.expire(user)
 

@@ -155,7 +155,7 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> N
     # The JSON lines carry none of the caller's file, line, thread or process, so the logging
     # module need not look them up for every record: the logging HOWTO's "Optimization" section
     # names these switches. They save close to a third of the CPU time of an access line.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
