@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.db.embedded import EmbeddedPostgres
+from app.db.pool import FairAsyncQueuePool
 from app.db.url import to_async_url
 from app.settings import Settings
 
@@ -38,12 +39,15 @@ def _reject_closed_connection(dbapi_connection: Any, record: Any, proxy: Any) ->
 def create_engine(url: URL, settings: Settings) -> AsyncEngine:
     """Create the pooled engine; every connection gets the configured statement timeout.
 
+    The pool serves checkouts that wait for a connection in arrival order (`app.db.pool`).
+
     There is no pre-ping: it would cost a round trip on every checkout, which doubles the
     database round trips of a profile fetch. `_reject_closed_connection` catches connections
     closed by a server restart instead.
     """
     engine = create_async_engine(
         url,
+        poolclass=FairAsyncQueuePool,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
