@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 
 from app.db.engine import Database, open_database
@@ -47,6 +48,15 @@ OPENAPI_TAGS = [
 ]
 
 
+TELEMETRY_OFF: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
+
+
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
     """Build the service. Without `database`, the app opens the configured one on startup."""
     settings = settings or get_settings()
@@ -76,6 +86,11 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     # FastAPIOffline serves the Swagger UI and ReDoc assets from the service, so /docs and
     # /redoc work without a route to a CDN.
     app = FastAPIOffline(
+        # FastAPI sends request spans, metrics and logs of validation failures and exceptions
+        # (their messages included) to any OpenTelemetry provider the process has, and sets up
+        # exporters when FASTAPI_OTEL_AUTO_CONFIGURE=true. The service's own logs and metrics
+        # are kept free of secrets, so these hooks stay off.
+        telemetry=TELEMETRY_OFF,
         title="SSO provider for Digital River",
         version="0.1.0",
         lifespan=lifespan,
