@@ -14,6 +14,7 @@ from app.db.engine import Database, open_database
 from app.identity.passwords import PasswordHasher
 from app.ops import configure_logging, install_operations, operations_started, operations_stopped
 from app.problems import install_problem_handlers
+from app.security.headers import wrap_with_security_headers
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -126,4 +127,5 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     # Last, so that its middleware wraps every other one.
     install_operations(app)
+    wrap_with_security_headers(app)
     return app

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from app.security.headers import API_POLICY, SecurityHeadersMiddleware, script_hashes
 from tests.admin_support import bearer, read_key
@@ -63,6 +64,21 @@ class TestApiResponses:
         assert response.status_code == 431
         assert_common_headers(response)
         assert response.headers["cache-control"] == "no-store"
+
+
+    async def test_unhandled_exception(self, app: FastAPI) -> None:
+        async def explode() -> None:
+            raise RuntimeError("unexpected")
+
+        app.add_api_route("/admin/v1/test-headers-explode", explode)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await http.get("/admin/v1/test-headers-explode")
+
+        assert response.status_code == 500
+        assert_common_headers(response)
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["content-security-policy"] == API_POLICY
 
 
 class TestDocsPages:

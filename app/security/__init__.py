@@ -1,7 +1,7 @@
 """Defences against guessing, hostile input and overload: throttling, limits, audit retention.
 
-`install_security(app, settings)` adds the source-address, request-limit and security-header
-middleware, the admin endpoints for lockouts and login events, the limit responses in the
+`install_security(app, settings)` adds the source-address and request-limit middleware, the
+admin endpoints for lockouts and login events, the limit responses in the
 OpenAPI schema and the background purge of old login events. Call it before
 `install_operations`, whose middleware must stay the outermost.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.security.headers import SecurityHeadersMiddleware
 from app.security.limits import RequestLimitsMiddleware, document_limit_responses
 from app.security.proxy import SourceAddressMiddleware
 from app.security.retention import install_purge_task
@@ -24,7 +23,5 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     # Added last, so it runs first: the limits and every route see the source address.
     app.add_middleware(RequestLimitsMiddleware, settings=settings)
     app.add_middleware(SourceAddressMiddleware, settings=settings)
-    # Outside the limits, so their 408, 413, 429 and 431 responses get the headers too.
-    app.add_middleware(SecurityHeadersMiddleware)
     install_purge_task(app, settings)
     document_limit_responses(app)
