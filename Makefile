@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test install clean constraints
+.PHONY: run test typecheck install clean constraints
 
 CONSTRAINTS := docker/constraints.txt
 
@@ -33,6 +33,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# mypy in strict mode over the service and the benchmarks, with the pinned versions.
+typecheck: $(STAMP)
+	$(BIN)/mypy app bench
 
 # Resolve the newest versions that pyproject.toml allows in a scratch environment and pin them.
 constraints:
