@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/import_cost.py --file users-200000.csv [--rounds 3]
 
-Reads and validates the file once, in memory, then loads it into a fresh migrated database
-once per variant and round, with the statements of the import's direct path (binary COPY of a
-batch into temporary tables, then one `INSERT ... SELECT` per table). Only the load is timed.
-Each line gives the wall time and the CPU time of the PostgreSQL backend, read from
+Reads and validates the file once, in memory. Then, once per variant and round, it loads the
+rows into a fresh migrated database with the statements of the import's direct path: a binary
+COPY of each batch into temporary tables, then one `INSERT ... SELECT` per table. Only the load
+is timed. Each line gives the wall time and the CPU time of the PostgreSQL backend, read from
 /proc/<pid>/stat, so the server must run on this machine. Variants run in turn within each
 round, so that a slow spell of the machine affects all of them alike.
 
@@ -58,7 +58,7 @@ def backend_cpu_seconds(pid: int) -> float:
 
 
 def read_batches(path: Path, batch_rows: int) -> list[Any]:
-    """Validate the file as the importer does; return each batch's COPY records."""
+    """Validate the file as the importer does and return the COPY records of each batch."""
     from passlib.context import CryptContext
 
     from app.identity.passwords import ACCEPTED_SCHEMES
@@ -78,7 +78,9 @@ def read_batches(path: Path, batch_rows: int) -> list[Any]:
         for batch in importer._batches(records, batch_rows):
             result = importer.validate_batch(validator, batch)
             if result.errors:
-                raise SystemExit(f"{path} has row errors; generate a file without conflicts")
+                raise SystemExit(
+                    f"{path} has row errors. Generate a file without planted conflicts."
+                )
             batches.append(importer.copy_records(result.users))
     return batches
 

@@ -5,8 +5,8 @@
 # engine.
 #
 # Usage: docker/install.sh VENV_DIR
-# Run it from a directory holding pyproject.toml, README.md, app/ and docker/constraints.txt.
-# PYTHON selects the interpreter (default python3).
+# Run it from a directory that contains pyproject.toml, README.md, app/ and
+# docker/constraints.txt. PYTHON selects the interpreter (default python3).
 set -eu
 
 if [ "$#" -ne 1 ]; then
