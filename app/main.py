@@ -37,9 +37,26 @@ OPENAPI_TAGS = [
         "Digital River sends back for validation. Needs an API key with the `sessions` scope.",
     },
     {
+        "name": "Lockouts and login events",
+        "description": "Account lockouts and blocked source addresses after failed logins, and "
+        "the audit of every login and callback outcome. Needs `admin:read` to read and "
+        "`admin:write` to lift a lockout or block.",
+    },
+    {
+        "name": "Bulk import and export",
+        "description": "Move user bases in and out in the import format (CSV or NDJSON), and "
+        "audit the store for identifiers that could be confused. Import needs `admin:write`; "
+        "an export with password hashes also needs `admin:export-secrets`.",
+    },
+    {
         "name": "Digital River callbacks",
         "description": "The XML callbacks of Digital River's Remote User Management (single "
         "sign-on), authenticated with HTTP Basic credentials agreed with Digital River.",
+    },
+    {
+        "name": "operations",
+        "description": "Liveness (`/healthz`) and readiness (`/readyz`) probes for load "
+        "balancers and orchestrators. They need no credentials.",
     },
     {
         "name": "Problem types",

@@ -160,6 +160,20 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             "No resource matches the path or the lookup parameters.",
         ),
         _problem_type(
+            "method_not_allowed",
+            "Method not allowed",
+            405,
+            "The path exists, but not with this HTTP method. The `Allow` header lists the "
+            "methods it takes.",
+        ),
+        _problem_type(
+            "bad_request",
+            "Bad request",
+            400,
+            "The request could not be read, for example a JSON body that is not valid UTF-8 "
+            "JSON.",
+        ),
+        _problem_type(
             "conflict",
             "Conflict",
             409,

@@ -80,6 +80,9 @@ class TestProblemShape:
 
         assert_problem(response, 405, "method_not_allowed")
         assert response.headers["allow"]
+        described = await client.get("/problems/method_not_allowed")
+        assert described.status_code == 200
+        assert described.json()["status"] == 405
 
     async def test_title_stable_per_code(self) -> None:
         for code, problem in PROBLEM_TYPES.items():

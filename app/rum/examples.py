@@ -218,8 +218,19 @@ def openapi_for(requests: dict[str, str], answers: dict[str, str]) -> dict[str, 
                 "content": _xml_examples(unauthorized=UNAUTHORIZED),
             },
             "403": {"description": "The caller's address is outside SSO_RUM_ALLOWED_NETWORKS."},
+            "408": {"description": "The body did not arrive within SSO_REQUEST_TIMEOUT_SECONDS."},
             "413": {"description": "The body is larger than SSO_MAX_BODY_BYTES."},
             "415": {"description": "The content type is not XML."},
-            "503": {"description": "The database is unavailable; retry after `Retry-After` seconds."},
+            "429": {
+                "description": "RemoteLogin only, with source-address throttling on: the address "
+                "is blocked after too many failed logins; retry after `Retry-After` seconds."
+            },
+            "431": {"description": "The request line and headers exceed SSO_MAX_HEADER_BYTES."},
+            "500": {"description": "An unexpected error, logged with the request id."},
+            "503": {
+                "description": "The database is unavailable, the connection pool is exhausted or "
+                "the request took longer than SSO_REQUEST_TIMEOUT_SECONDS; retry after "
+                "`Retry-After` seconds."
+            },
         },
     }

@@ -24,7 +24,10 @@ def events() -> None:
     help="Rows deleted per transaction [default: SSO_LOGIN_EVENT_PURGE_BATCH_SIZE].",
 )
 def purge(retention_days: int | None, batch_size: int | None) -> None:
-    """Delete login events older than the retention period, and expired throttle counters.
+    """Delete old login events, expired throttle counters and long-ended SSO sessions.
+
+    Login events go once they are older than the retention period, and so do SSO sessions
+    that expired or were revoked that long ago.
 
     Deletes in short batches, so it can run while the service serves traffic, and from
     several hosts at once. Prints the counts as JSON.
