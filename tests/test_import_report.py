@@ -290,12 +290,20 @@ async def test_small_batches_give_same_report(
 async def test_bad_bytes_after_copied_batches(
     session: AsyncSession, hasher: PasswordHasher
 ) -> None:
-    # Batches of two rows: several COPYs have run, and one may still run, when the reader
-    # reaches the bad bytes.
-    good = "".join(f"early{number}@example.com\n" for number in range(9))
+    # The good rows fill more than the reader's 8 KiB decoding buffer, so batches of 100 rows
+    # have been copied, and one may still be copying, when the reader reaches the bad bytes.
+    good = "".join(f"early{number}@example.com\n" for number in range(1000))
     content = b"login\n" + good.encode() + b"\xff\xfe@example.com\n"
+    phases: list[str] = []
     with pytest.raises(FileFormatError, match="not valid UTF-8"):
-        await run_import(session, hasher, content, batch_rows=2)
+        await run_import(
+            session,
+            hasher,
+            content,
+            batch_rows=100,
+            progress=lambda update: phases.append(update.phase),
+        )
+    assert len(phases) >= 2
     await session.rollback()
     assert await _imported_count(session) == 0
 
@@ -376,10 +384,18 @@ async def test_direct_path_keeps_file_order(session: AsyncSession, hasher: Passw
         }
         for number in range(7)
     ]
-    summary, errors = await run_import(session, hasher, _csv(rows), batch_rows=3)
+    phases: list[str] = []
+    summary, errors = await run_import(
+        session,
+        hasher,
+        _csv(rows),
+        batch_rows=3,
+        progress=lambda update: phases.append(update.phase),
+    )
     assert errors == []
     assert summary.rows_imported == 7
     assert summary.written is True
+    assert "inserting while reading" in phases
 
     users = (
         await session.scalars(select(User).where(User.created_via == "import").order_by(User.id))

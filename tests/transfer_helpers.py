@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.url import render
 from app.identity.passwords import PasswordHasher
-from app.transfer.importer import Importer, ImportOptions, ImportSummary
+from app.transfer.importer import Importer, ImportOptions, ImportSummary, ProgressCallback
 from app.transfer.validate import RowError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +27,7 @@ async def run_import(
     hasher: PasswordHasher,
     content: str | bytes,
     file_format: str = "csv",
+    progress: ProgressCallback | None = None,
     **options: Any,
 ) -> tuple[ImportSummary, list[RowError]]:
     """Import `content` in the test's session and return the summary and the report."""
@@ -36,6 +37,7 @@ async def run_import(
         session,
         hasher,
         ImportOptions(file_format=file_format, **options),  # type: ignore[arg-type]
+        progress=progress,
         report=errors.append,
     )
     summary = await importer.run(io.BytesIO(data))

@@ -14,6 +14,11 @@ import that is interrupted, rejected or run as a dry run leaves the store unchan
 
 The database's own unique indexes and ledger trigger still guard the insert: a user created by
 someone else between the check and the insert makes the insert fail, and the import with it.
+
+A plain import of a seekable file first tries a direct path (`Importer._insert_while_reading`):
+each batch goes into the live tables as soon as it is validated, inside a savepoint. The first
+row error or rejected insert rolls the savepoint back, and the import restarts on the staged
+path above, so the report and the result are the same.
 """
 
 # ruff: noqa: S608 - the SQL is assembled from constant column and table names only; values are bind parameters.
@@ -109,22 +114,19 @@ _CREATE_STAGING = [
     "CREATE TEMP TABLE import_batch_attributes (LIKE import_attributes) ON COMMIT DROP",
     "CREATE TEMP TABLE import_batch_inserted (LIKE import_inserted) ON COMMIT DROP",
 ]
+_BATCH_TABLES = (
+    "import_batch_rows",
+    "import_batch_addresses",
+    "import_batch_attributes",
+    "import_batch_inserted",
+)
 _STAGING_TABLES = (
     "import_rows",
     "import_addresses",
     "import_attributes",
     "import_errors",
     "import_inserted",
-    "import_batch_rows",
-    "import_batch_addresses",
-    "import_batch_attributes",
-    "import_batch_inserted",
-)
-_BATCH_TABLES = (
-    "import_batch_rows",
-    "import_batch_addresses",
-    "import_batch_attributes",
-    "import_batch_inserted",
+    *_BATCH_TABLES,
 )
 _DIRECT_SAVEPOINT = "import_direct"
 
@@ -252,7 +254,8 @@ _CREATED_VIA_SETTING = "sso_import.created_via"
 
 # Addresses and attributes go in in user id order: their primary keys then grow at the right
 # edge, and the foreign-key checks read the users index in order. In user_key order both were
-# random, and in a trial with 1,000,000 users these two inserts took about twice as long.
+# random, and replaying these two inserts for 1,000,000 staged users on a 2-core machine took
+# 7.2 and 4.2 s in id order against 14.2 and 8.9 s in user_key order (docs/benchmarks.md).
 def _insert_addresses_sql(addresses_table: str, inserted_table: str) -> str:
     return f"""
     INSERT INTO user_addresses (user_id, kind, {", ".join(ADDRESS_FIELDS)})
@@ -449,6 +452,72 @@ def _validate_next(
     return result
 
 
+async def copy_batch(
+    connection: asyncpg.Connection,
+    records: CopyRecords,
+    errors: list[RowError],
+    *,
+    batch_tables: bool = False,
+) -> None:
+    """COPY a batch's records into the staging tables, or the direct path's batch tables."""
+    prefix = "import_batch_" if batch_tables else "import_"
+    if records.users:
+        await connection.copy_records_to_table(
+            f"{prefix}rows",
+            records=records.users,
+            columns=USER_STAGING_COLUMNS,
+            timeout=BULK_TIMEOUT_SECONDS,
+        )
+    if records.addresses:
+        await connection.copy_records_to_table(
+            f"{prefix}addresses",
+            records=records.addresses,
+            columns=ADDRESS_STAGING_COLUMNS,
+            timeout=BULK_TIMEOUT_SECONDS,
+        )
+    if records.attributes:
+        await connection.copy_records_to_table(
+            f"{prefix}attributes",
+            records=records.attributes,
+            columns=ATTRIBUTE_STAGING_COLUMNS,
+            timeout=BULK_TIMEOUT_SECONDS,
+        )
+    if errors:
+        await connection.copy_records_to_table(
+            "import_errors",
+            records=[
+                (error.row, _PHASE_FIELDS, error.field, error.code, error.message)
+                for error in errors
+            ],
+            columns=ERROR_STAGING_COLUMNS,
+            timeout=BULK_TIMEOUT_SECONDS,
+        )
+
+
+# The event loop's thread sends each COPY and statement while the validating thread holds the
+# GIL most of the time. A switch interval shorter than CPython's 5 ms default hands the GIL back
+# sooner, so PostgreSQL waits less between round trips. The interval is process-wide and imports
+# can overlap in the service, so the first import to start sets it and the last to finish
+# restores it. Both run on the event loop's thread.
+_switch_interval_users = 0
+_saved_switch_interval = 0.0
+
+
+def _shorten_switch_interval() -> None:
+    global _switch_interval_users, _saved_switch_interval
+    if _switch_interval_users == 0:
+        _saved_switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(_saved_switch_interval, _SWITCH_INTERVAL_SECONDS))
+    _switch_interval_users += 1
+
+
+def _restore_switch_interval() -> None:
+    global _switch_interval_users
+    _switch_interval_users -= 1
+    if _switch_interval_users == 0:
+        sys.setswitchinterval(_saved_switch_interval)
+
+
 _worker_validator: RowValidator | None = None
 
 
@@ -556,8 +625,8 @@ class Importer:
         options = self.options
         if options.dry_run or options.skip_invalid or options.workers > 1:
             return False
-        # Hashing plain passwords takes tens of ms a row, far more than a second read of the
-        # file could save, so such files take the staged path only.
+        # The direct path inserts rows as validated and never hashes plain passwords (the
+        # staged path does, in `_load`), so such files take the staged path only.
         if options.allow_plain_passwords:
             return False
         return source.seekable()
@@ -626,7 +695,7 @@ class Importer:
             raise _DirectPathStopped
         if result.users:
             records = result.records or copy_records(result.users)
-            await self._copy_batch(connection, records, [], batch_tables=True)
+            await copy_batch(connection, records, [], batch_tables=True)
             # The users statement inserts every row of the batch or raises.
             await connection.execute(_INSERT_BATCH, timeout=BULK_TIMEOUT_SECONDS)
             self.summary.rows_imported += len(result.users)
@@ -674,18 +743,16 @@ class Importer:
         """
         loop = asyncio.get_running_loop()
         loading: asyncio.Task[None] | None = None
-        # The event loop's thread sends each COPY and statement while the validating thread holds
-        # the GIL most of the time. A switch interval shorter than CPython's 5 ms default hands
-        # the GIL back sooner, so PostgreSQL waits less between round trips. The interval is a
-        # process-wide setting, so the previous value is restored afterwards.
-        previous_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(previous_interval, _SWITCH_INTERVAL_SECONDS))
+        validating: asyncio.Future[BatchResult | None] | None = None
+        _shorten_switch_interval()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-validate") as executor:
             try:
                 while True:
-                    result = await loop.run_in_executor(
+                    validating = loop.run_in_executor(
                         executor, _validate_next, self.validator, batches, prepare_records
                     )
+                    result = await validating
+                    validating = None
                     if loading is not None:
                         await loading
                         loading = None
@@ -697,13 +764,17 @@ class Importer:
                     # Let a COPY in progress finish before the caller rolls back, so the
                     # connection is not left in the middle of the COPY protocol.
                     await asyncio.gather(loading, return_exceptions=True)
-                sys.setswitchinterval(previous_interval)
+                if validating is not None:
+                    # Leaving the executor joins its thread. Waiting for the batch here first
+                    # keeps a cancelled import from blocking the event loop in that join.
+                    await asyncio.gather(validating, return_exceptions=True)
+                _restore_switch_interval()
 
     async def _load(self, connection: asyncpg.Connection, result: BatchResult) -> None:
         self.summary.rows_read += result.rows_read
         self.summary.rows_valid += result.rows_valid
         await self._hash_plain_passwords(result.users)
-        await self._copy_batch(connection, copy_records(result.users), result.errors)
+        await copy_batch(connection, copy_records(result.users), result.errors)
         self._tick("reading")
 
     async def _hash_plain_passwords(self, users: list[StagedUser]) -> None:
@@ -715,47 +786,6 @@ class Importer:
         for user, password_hash in zip(pending, hashes, strict=True):
             user.password_hash = password_hash
             user.plain_password = None
-
-    async def _copy_batch(
-        self,
-        connection: asyncpg.Connection,
-        records: CopyRecords,
-        errors: list[RowError],
-        *,
-        batch_tables: bool = False,
-    ) -> None:
-        prefix = "import_batch_" if batch_tables else "import_"
-        if records.users:
-            await connection.copy_records_to_table(
-                f"{prefix}rows",
-                records=records.users,
-                columns=USER_STAGING_COLUMNS,
-                timeout=BULK_TIMEOUT_SECONDS,
-            )
-        if records.addresses:
-            await connection.copy_records_to_table(
-                f"{prefix}addresses",
-                records=records.addresses,
-                columns=ADDRESS_STAGING_COLUMNS,
-                timeout=BULK_TIMEOUT_SECONDS,
-            )
-        if records.attributes:
-            await connection.copy_records_to_table(
-                f"{prefix}attributes",
-                records=records.attributes,
-                columns=ATTRIBUTE_STAGING_COLUMNS,
-                timeout=BULK_TIMEOUT_SECONDS,
-            )
-        if errors:
-            await connection.copy_records_to_table(
-                "import_errors",
-                records=[
-                    (error.row, _PHASE_FIELDS, error.field, error.code, error.message)
-                    for error in errors
-                ],
-                columns=ERROR_STAGING_COLUMNS,
-                timeout=BULK_TIMEOUT_SECONDS,
-            )
 
     async def _find_conflicts(self, connection: asyncpg.Connection) -> None:
         self._tick("checking")
