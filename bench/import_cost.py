@@ -5,9 +5,9 @@
 Reads and validates the file once, in memory. Then, once per variant and round, it loads the
 rows into a fresh migrated database with the statements of the import's direct path: a binary
 COPY of each batch into temporary tables, then one `INSERT ... SELECT` per table. Only the load
-is timed. Each line gives the wall time and the CPU time of the PostgreSQL backend, read from
-/proc/<pid>/stat, so the server must run on this machine. Variants run in turn within each
-round, so that a slow spell of the machine affects all of them alike.
+is timed. Each line gives the wall time and the CPU time of the PostgreSQL backend, read with
+psutil, so the server must run on this machine. Variants run in turn within each round, so
+that a slow spell of the machine affects all of them alike.
 
 | variant | removed before the load |
 |---|---|
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
@@ -53,8 +54,8 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def backend_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def read_batches(path: Path, batch_rows: int) -> list[Any]:
@@ -106,17 +107,7 @@ async def load_once(server: str, batches: list[Any], removed: list[str]) -> tupl
             cpu_before = backend_cpu_seconds(pid)
             started = time.monotonic()
             for records in batches:
-                for table, rows, columns in (
-                    ("import_batch_rows", records.users, importer.USER_STAGING_COLUMNS),
-                    ("import_batch_addresses", records.addresses, importer.ADDRESS_STAGING_COLUMNS),
-                    (
-                        "import_batch_attributes",
-                        records.attributes,
-                        importer.ATTRIBUTE_STAGING_COLUMNS,
-                    ),
-                ):
-                    if rows:
-                        await connection.copy_records_to_table(table, records=rows, columns=columns)
+                await importer.copy_batch(connection, records, [], batch_tables=True)
                 await connection.execute(importer._INSERT_BATCH)
             await connection.execute("COMMIT")
             wall = time.monotonic() - started

@@ -22,6 +22,7 @@ from app.db.migrate import upgrade_to_head
 from app.identity.passwords import PasswordHasher
 from app.main import create_app
 from app.settings import Settings
+from app.transfer.importer import raw_connection
 from tests.database import TestServer
 
 RUM_USERNAME = "digitalriver"
@@ -167,12 +168,9 @@ class SessionBoundDatabase(Database):
     @asynccontextmanager
     async def driver_connection(self) -> AsyncIterator[Any]:
         assert self.session is not None
-        connection = await self.session.connection()
-        # A statement through SQLAlchemy opens the test's transaction on the driver first, so
-        # the caller's statement runs inside it and is rolled back with it.
-        await connection.exec_driver_sql("SELECT 1")
-        pooled = await connection.get_raw_connection()
-        yield pooled.driver_connection
+        # The test's transaction is open on the driver connection, so the caller's statement
+        # runs inside it and is rolled back with it.
+        yield await raw_connection(self.session)
 
 
 @pytest.fixture
