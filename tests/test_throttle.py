@@ -158,8 +158,8 @@ class TestAccountLockout:
 class TestConcurrentAttempts:
     @pytest.fixture
     def settings(self) -> Settings:
-        # Each request holds a pooled connection while its hash runs, so 30 at once on two
-        # cores wait longer than the default pool timeout.
+        # 30 requests at once on two cores queue for connections and hashing threads, and a
+        # slow machine could make some wait past the default 2 s pool timeout.
         return make_settings(db_pool_timeout_seconds=30)
 
     async def test_parallel_guesses_capped_at_limit(

@@ -56,7 +56,8 @@ CREATE TRIGGER users_record_identifiers AFTER INSERT ON users
 
 
 def upgrade() -> None:
-    # asyncpg runs one statement per call, so the script is split on the blank-line separators.
+    # SQLAlchemy's asyncpg driver prepares each statement, and a prepared statement holds one
+    # command, so the script is split on the blank-line separators.
     for statement in UPGRADE_SQL.strip().split("\n\n"):
         op.execute(statement)
 
