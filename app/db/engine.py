@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.db.embedded import EmbeddedPostgres
+from app.db.errors import leaves_connection_unusable
 from app.db.pool import FairAsyncQueuePool
 from app.db.url import to_async_url
 from app.settings import Settings
@@ -30,7 +31,8 @@ def _reject_closed_connection(dbapi_connection: Any, record: Any, proxy: Any) ->
     as after a PostgreSQL restart, so this check costs no round trip. Raising InvalidatePoolError
     makes SQLAlchemy open a new connection for this checkout and retire every connection pooled
     before now. A connection that died silently (a network partition) still fails its first
-    statement, and SQLAlchemy then invalidates the pool.
+    statement. On the ORM path SQLAlchemy then invalidates the pool, and on the driver path
+    `Database.driver_connection` invalidates the connection.
     """
     if dbapi_connection.driver_connection.is_closed():
         raise exc.InvalidatePoolError("the server closed the pooled connection")
@@ -91,11 +93,11 @@ class Database:
         """Check out a pooled connection and yield the asyncpg connection under it.
 
         For statements that skip SQLAlchemy, each of which runs as its own transaction. A
-        connection that the server closed, or whose statement was cancelled, is invalidated
-        rather than returned to the pool.
+        connection whose statement was cancelled, or failed in a way that may have broken it
+        (`leaves_connection_unusable`), is invalidated rather than returned to the pool.
         """
-        # `raw_connection` skips the AsyncConnection wrapper and about half the CPU time of a
-        # checkout through `engine.connect()`.
+        # `raw_connection` skips the AsyncConnection wrapper, and with it about half the CPU
+        # time of a checkout through `engine.connect()` (`bench/fetch_cost.py`).
         pooled = await self.engine.raw_connection()
         driver: Any = pooled.driver_connection
         try:
@@ -103,7 +105,7 @@ class Database:
         except BaseException as error:
             # A cancelled statement may leave the connection mid-protocol, so it goes too.
             cancelled = not isinstance(error, Exception)
-            if cancelled or driver.is_closed():
+            if cancelled or driver.is_closed() or leaves_connection_unusable(error):
                 await greenlet_spawn(pooled.invalidate, None if cancelled else error)
             raise
         finally:

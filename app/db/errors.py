@@ -30,6 +30,16 @@ _ASYNCPG_UNAVAILABLE: Final = (
 )
 
 
+def leaves_connection_unusable(error: BaseException) -> bool:
+    """Return True if a statement that raised `error` may have left its connection broken.
+
+    A lost or closed connection, and a client-side timeout: after a network partition, asyncpg's
+    `command_timeout` fires on a socket that still looks open. A server-side error, such as
+    `statement_timeout`, leaves the connection usable.
+    """
+    return isinstance(error, (*_ASYNCPG_UNAVAILABLE, OSError, TimeoutError))
+
+
 def _driver_error(error: BaseException) -> BaseException | None:
     """Return the asyncpg exception behind a SQLAlchemy error, if any."""
     original: BaseException | None = getattr(error, "orig", None)
