@@ -41,16 +41,10 @@ class FairAsyncQueue(AsyncAdaptedQueue[_T]):
                 return
         super().put_nowait(item)
 
-    def put(self, item: _T, block: bool = True, timeout: float | None = None) -> None:
-        if not block or self._waiters:
-            self.put_nowait(item)
-            return
-        super().put(item, block, timeout)
-
     def get(self, block: bool = True, timeout: float | None = None) -> _T:
-        # Items wait in the queue only while no checkout waits, so a checkout that finds
-        # waiters queues behind them even when it could take an item at once.
-        if not self._waiters and not self.empty():
+        # `put_nowait` hands each item to a waiter while there is one, so an item in the queue
+        # means that no checkout waits, and a new checkout takes it without jumping the queue.
+        if not self.empty():
             return self.get_nowait()
         if not block:
             raise Empty()
@@ -70,7 +64,12 @@ class FairAsyncQueue(AsyncAdaptedQueue[_T]):
                 return await waiter
         except BaseException as error:
             if waiter.done() and not waiter.cancelled():
-                # The item arrived just as the wait ended, so it goes to the next waiter.
+                if isinstance(error, TimeoutError):
+                    # The item arrived just as the time ran out, so the checkout succeeded.
+                    return waiter.result()
+                # The caller was cancelled after the hand-over, so the item goes on.
+                # NOTE: if connections returned in the meantime filled the queue, this raises Full
+                # and leaves this connection open. Only an overflow connection can hit that.
                 self.put_nowait(waiter.result())
             else:
                 waiter.cancel()
