@@ -314,6 +314,7 @@ class TestEncryptedLogin:
         assert garbled not in caplog.text
         events = (await session.scalars(select(LoginEvent).order_by(LoginEvent.id))).all()
         assert events[-1].reason == "decryption_failed"
+        assert events[-1].user_key is None
         assert events[-2].reason == "wrong_password"
 
 

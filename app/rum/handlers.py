@@ -121,8 +121,9 @@ async def _handle_login_on_driver(context: CallbackContext, message: xml.LoginRe
         start = await begin_login(connection, settings, subject, login_normalized)
 
     password = decrypt_request_password(settings, message.password, "LoginRequest")
-    user = start.user
     reason, new_hash = await _check_password(context, start, message.password, password)
+    # As on the ORM path, a password that does not decrypt is recorded without a user.
+    user = None if reason == "decryption_failed" else start.user
 
     new_lockout = start.counted if start.counted and start.counted.locked_until else None
     if reason is not None and new_lockout is not None:
