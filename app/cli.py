@@ -111,8 +111,8 @@ def serve(host: str, port: int, workers: int) -> None:
             timeout_worker_healthcheck=30,
             server_header=False,
             log_level=settings.log_level,
-            # h11 bounds the request line and headers it buffers while they are incomplete
-            # (uvicorn's httptools parser has no such limit): past it, 400 and close.
+            # With the default h11, uvicorn bounds the request line and headers it buffers while
+            # they are incomplete and answers 400 past the limit. httptools has no such bound.
             http=settings.http_parser,
             h11_max_incomplete_event_size=settings.max_header_bytes,
         )

@@ -95,9 +95,10 @@ class Settings(BaseSettings):
     # size, and the app rejects a larger complete head with 431.
     max_header_bytes: int = Field(default=16_384, ge=1024, le=1024 * 1024)
     # uvicorn's HTTP/1.1 parser. h11, in pure Python, applies `max_header_bytes` while a head is
-    # still arriving. httptools, in C, cost 10 to 30 % less CPU per profile fetch in the
-    # benchmark, but buffers an incomplete head without limit: choose it only behind a proxy
-    # that bounds header size, as nginx does by default.
+    # still arriving. httptools, in C, cost 10 to 30 % less CPU per profile fetch in
+    # `bench/run.sh` on a 2-core machine (docs/benchmarks.md), but it buffers an incomplete head
+    # without limit. Choose it only behind a proxy that bounds header size, as nginx does by
+    # default.
     http_parser: Literal["h11", "httptools"] = "h11"
     # Body limit for every path outside /rum (the callbacks use `max_body_bytes`).
     max_api_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024 * 1024 * 1024)

@@ -55,7 +55,7 @@ def get_request_id() -> str | None:
 
 @functools.lru_cache(maxsize=1024)
 def _names_secret(key: str) -> bool:
-    # Cached because every line repeats the same few keys, and the scan ran for each of them.
+    # Cached because every line repeats the same few keys, which would otherwise each be scanned.
     lowered = key.lower()
     return any(part in lowered for part in _SECRET_KEY_PARTS)
 
@@ -154,7 +154,8 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> N
 
     # The JSON lines carry none of the caller's file, line, thread or process, so the logging
     # module need not look them up for every record: the logging HOWTO's "Optimization" section
-    # names these switches. They save close to a third of the CPU time of an access line.
+    # names these switches. They saved close to a third of the CPU time of an access line, as
+    # measured with cProfile over `bench/fetch_cost.py` on a 2-core machine.
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False

@@ -109,8 +109,9 @@ async def fetch_profile(
 ) -> FetchedProfile | None:
     """Find the user with `erid` (case-insensitive) and record the fetch; None when unknown.
 
-    `connection` is an asyncpg connection outside any transaction block, or inside one that
-    the caller commits.
+    `connection` is an asyncpg connection outside any transaction block, so the statement is its
+    own transaction and `synchronous_commit` is off for that statement alone. Inside a caller's
+    transaction the setting would apply to all of it (the tests run it that way).
     """
     record = await connection.fetchrow(
         PROFILE_FETCH_SQL,

@@ -46,6 +46,7 @@ COMMON_HEADERS: Final = (
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 )
+_API_POLICY_BYTES: Final = API_POLICY.encode("ascii")
 _INLINE_SCRIPT: Final = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 
 
@@ -61,12 +62,12 @@ def docs_policy(page: bytes) -> str:
     return DOCS_POLICY.format(script_hashes="".join(" " + h for h in script_hashes(page)))
 
 
-def _with_headers(message: Message, policy: str, *, cacheable: bool = False) -> Message:
+def _with_headers(message: Message, policy: bytes, *, cacheable: bool = False) -> Message:
     headers = list(message.get("headers", ()))
     present = {name.lower() for name, _ in headers}
     additions = [header for header in COMMON_HEADERS if header[0] not in present]
     if b"content-security-policy" not in present:
-        additions.append((b"content-security-policy", policy.encode("ascii")))
+        additions.append((b"content-security-policy", policy))
     if not cacheable and b"cache-control" not in present:
         additions.append((b"cache-control", b"no-store"))
     return {**message, "headers": headers + additions}
@@ -93,7 +94,7 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = _with_headers(message, API_POLICY, cacheable=cacheable)
+                message = _with_headers(message, _API_POLICY_BYTES, cacheable=cacheable)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -116,7 +117,7 @@ class SecurityHeadersMiddleware:
             if message.get("more_body", False):
                 return
             page = b"".join(parts)
-            await send(_with_headers(start, docs_policy(page)))
+            await send(_with_headers(start, docs_policy(page).encode("ascii")))
             await send({"type": "http.response.body", "body": page})
 
         await self.app(scope, receive, send_when_complete)
