@@ -406,7 +406,6 @@ class TestNoConnectionWhileHashing:
         database = committed_app.state.database
         async with database.sessionmaker() as session:
             shopper = await make_user(session, committed_app.state.hasher, login="slow@example.com")
-            await session.commit()
         body = login_request(shopper.login, DEFAULT_PASSWORD)
 
         started = time.monotonic()
@@ -434,7 +433,6 @@ class TestServerClosedConnections:
         database = committed_app.state.database
         async with database.sessionmaker() as session:
             shopper = await make_user(session, committed_app.state.hasher, login="pool@example.com")
-            await session.commit()
         profile = profile_request(shopper.external_reference_id)
         login = login_request(shopper.login, DEFAULT_PASSWORD)
         # Fill the pool with several idle connections.

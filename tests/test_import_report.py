@@ -265,23 +265,17 @@ async def test_invalid_utf8_rejects_file(session: AsyncSession, hasher: Password
     assert await _imported_count(session) == 0
 
 
-async def test_worker_processes_give_same_report(
-    session: AsyncSession, hasher: PasswordHasher, planted: tuple[str, set[tuple[int, str, str]]]
+@pytest.mark.parametrize("workers", [1, 2], ids=["thread", "worker_processes"])
+async def test_small_batches_give_same_report(
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    planted: tuple[str, set[tuple[int, str, str]]],
+    workers: int,
 ) -> None:
     content, expected = planted
     summary, errors = await run_import(
-        session, hasher, content, skip_invalid=True, workers=2, batch_rows=3
+        session, hasher, content, skip_invalid=True, workers=workers, batch_rows=3
     )
-    assert {(error.row, error.field, error.code) for error in errors} == expected
-    assert summary.rows_read == 20
-    assert summary.rows_imported == 2
-
-
-async def test_small_batches_give_same_report(
-    session: AsyncSession, hasher: PasswordHasher, planted: tuple[str, set[tuple[int, str, str]]]
-) -> None:
-    content, expected = planted
-    summary, errors = await run_import(session, hasher, content, skip_invalid=True, batch_rows=3)
     assert {(error.row, error.field, error.code) for error in errors} == expected
     assert summary.rows_read == 20
     assert summary.rows_imported == 2

@@ -136,7 +136,6 @@ class TestPurgeExpired:
     ) -> None:
         async with AsyncSession(engine, expire_on_commit=False) as session:
             user = await make_user(session, hasher, login="sessions@example.com")
-            await session.commit()
         now = await database_now(engine)
         ages = {
             b"expired-long-ago": (now - timedelta(days=100), None),
