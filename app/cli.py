@@ -112,7 +112,7 @@ def serve(host: str, port: int, workers: int) -> None:
             server_header=False,
             log_level=settings.log_level,
             # With the default h11, uvicorn bounds the request line and headers it buffers while
-            # they are incomplete and answers 400 past the limit. httptools has no such bound.
+            # they are incomplete and responds 400 past the limit. httptools has no such bound.
             http=settings.http_parser,
             h11_max_incomplete_event_size=settings.max_header_bytes,
         )
