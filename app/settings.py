@@ -91,15 +91,13 @@ class Settings(BaseSettings):
     throttle_address_block_max_seconds: int = Field(default=900, ge=1, le=86_400)
     # Longest run of text between two tags in a callback; DR's fields are far shorter.
     xml_max_text_length: int = Field(default=16_384, ge=256, le=10 * 1024 * 1024)
-    # Request line plus headers. uvicorn's h11 parser stops buffering an incomplete head at this
+    # Request line plus headers. `sso-provider serve` stops buffering an incomplete head at this
     # size, and the app rejects a larger complete head with 431.
     max_header_bytes: int = Field(default=16_384, ge=1024, le=1024 * 1024)
-    # uvicorn's HTTP/1.1 parser. h11, in pure Python, applies `max_header_bytes` while a head is
-    # still arriving. httptools, in C, cost 10 to 30 % less CPU per profile fetch in
-    # `bench/run.sh` on a 2-core machine (docs/benchmarks.md), but it buffers an incomplete head
-    # without limit. Choose it only behind a proxy that bounds header size, as nginx does by
-    # default.
-    http_parser: Literal["h11", "httptools"] = "h11"
+    # uvicorn's HTTP/1.1 parser. httptools (llhttp, in C) served 31 % more profile fetches per
+    # second than h11 (pure Python) in one `bench/run.sh --workers 1` pair (docs/benchmarks.md).
+    # Both apply `max_header_bytes` while a head is still arriving (app/ops/http_protocol.py).
+    http_parser: Literal["h11", "httptools"] = "httptools"
     # Body limit for every path outside /rum (the callbacks use `max_body_bytes`).
     max_api_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     login_event_retention_days: int = Field(default=90, ge=1, le=3650)

@@ -1,11 +1,11 @@
 """Per-request limits: header size, body size and NUL-free query parameters outside /rum, and a
 time limit for every request.
 
-Header size is bounded first by the HTTP server: `sso-provider serve` runs uvicorn's h11
-parser with `h11_max_incomplete_event_size = SSO_MAX_HEADER_BYTES`, which closes the
-connection with a 400 once it has buffered that much of a head that is still incomplete. A
-head that arrives whole in one read reaches the app, and `RequestLimitsMiddleware` answers it
-with a 431, as it does behind any other server.
+Header size is bounded first by the HTTP server: under `sso-provider serve`, uvicorn's parser
+closes the connection once it has buffered SSO_MAX_HEADER_BYTES of a head that is still
+incomplete (with a 431 from httptools, the default, or a 400 from h11). A head that arrives
+whole in one read reaches the app, and `RequestLimitsMiddleware` rejects it with a 431, as it
+does behind any other server.
 
 The time limit covers reading the body too, so a client that sends its body slowly gets a 408
 and one whose request takes too long to serve gets a 503 with `Retry-After`. Errors under /rum

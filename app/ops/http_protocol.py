@@ -1,0 +1,83 @@
+"""uvicorn's httptools protocol with a bound on a request head that is still arriving.
+
+httptools (llhttp, in C) parses requests with far less CPU than h11. But uvicorn (0.55) buffers
+the URL and headers that httptools reports without any limit, so a client that trickles an
+endless header line grows the worker's memory until the connection drops. This protocol counts
+the bytes read while a head is open, and once they pass the limit it sends 431 and closes the
+connection. The app still checks a head that arrives whole, and sends its own 431 in the API's
+or the callbacks' error format.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+logger = logging.getLogger(__name__)
+
+# The limit when uvicorn's config sets none, as SSO_MAX_HEADER_BYTES's default.
+DEFAULT_MAX_HEAD_BYTES = 16_384
+# Import path for `uvicorn.run(http=...)`: a path, unlike the class, reaches spawned workers.
+PROTOCOL_PATH = f"{__name__}:BoundedHttpToolsProtocol"
+
+_MESSAGE = b"the request line and headers are too large: send fewer or shorter headers"
+_RESPONSE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: " + str(len(_MESSAGE)).encode("ascii") + b"\r\n"
+    b"connection: close\r\n"
+    b"\r\n" + _MESSAGE
+)
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """`HttpToolsProtocol` that closes a connection whose open request head passes a limit.
+
+    The limit is uvicorn's `h11_max_incomplete_event_size`, which `sso-provider serve` sets to
+    SSO_MAX_HEADER_BYTES for either parser. The count is of whole reads, so when a head begins
+    in the middle of a read that also carried an earlier request's bytes, counting starts with
+    the next read. The memory held by one head therefore stays below the limit plus one read.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_head_bytes: int = self.config.h11_max_incomplete_event_size or DEFAULT_MAX_HEAD_BYTES
+        self._head_open = False
+        self._between_messages = True
+        self._heads_begun = 0
+        self._head_bytes = 0
+
+    def on_message_begin(self) -> None:
+        self._head_open = True
+        self._between_messages = False
+        self._heads_begun += 1
+        self._head_bytes = 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._between_messages = True
+        super().on_message_complete()
+
+    def data_received(self, data: bytes) -> None:
+        begun = self._heads_begun
+        idle = self._between_messages
+        super().data_received(data)
+        if not self._head_open or self.transport.is_closing():
+            return
+        if self._heads_begun == begun:
+            # The head was already open before this read.
+            self._head_bytes += len(data)
+        elif idle and self._heads_begun == begun + 1:
+            # The head began with this read, so every byte of it belongs to the head.
+            self._head_bytes = len(data)
+        if self._head_bytes > self.max_head_bytes:
+            logger.warning("http.head_too_large limit=%s", self.max_head_bytes)
+            self.transport.write(_RESPONSE)
+            self.transport.close()
+
