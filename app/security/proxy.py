@@ -9,6 +9,7 @@ own address by sending the header.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -19,6 +20,9 @@ from app.settings import IPNetwork, Settings
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# Cached because every request parses its peer's address, and most peers repeat (a load
+# balancer, Digital River's callers). The bound keeps forged header values from growing it.
+@functools.lru_cache(maxsize=4096)
 def _parse_address(value: str) -> IPAddress | None:
     candidate = value.strip()
     if candidate.startswith("[") and "]" in candidate:
