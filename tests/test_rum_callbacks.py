@@ -12,6 +12,8 @@ from app.identity.passwords import PasswordHasher
 from app.identity.schemas import Address
 from app.identity.service import erase_user
 from app.models import LoginEvent, User
+from app.settings import Settings
+from tests.conftest import make_settings
 from tests.factories import DEFAULT_PASSWORD, make_user
 from tests.rum_messages import (
     COMMON_NS,
@@ -176,6 +178,48 @@ class TestLogin:
         )
 
         assert child_text(parse(response.content), "successful") == "true"
+
+
+class TestDisabledUserRehash:
+    """A disabled user's correct password upgrades an outdated hash, on both login paths."""
+
+    @pytest.fixture(params=[0, 1000], ids=["driver path", "address throttling"])
+    def settings(self, request: pytest.FixtureRequest) -> Settings:
+        return make_settings(throttle_address_max_failures=request.param)
+
+    async def test_correct_password_rehashes(
+        self, client: httpx.AsyncClient, session: AsyncSession, hasher: PasswordHasher
+    ) -> None:
+        legacy_hash = bcrypt.using(rounds=4).hash(DEFAULT_PASSWORD)
+        user = await make_user(
+            session, hasher, login="off@example.com", status="disabled", password=None,
+            password_hash=legacy_hash,
+        )
+
+        wrong = await client.post(
+            "/rum/login", content=login_request("off@example.com", "wrong password"),
+            headers=basic_auth(),
+        )
+        after_wrong = await session.scalar(select(User.password_hash).where(User.id == user.id))
+        right = await client.post(
+            "/rum/login", content=login_request("off@example.com", DEFAULT_PASSWORD),
+            headers=basic_auth(),
+        )
+        upgraded = await session.scalar(select(User.password_hash).where(User.id == user.id))
+        reasons = (
+            await session.scalars(
+                select(LoginEvent.reason).where(LoginEvent.user_key == user.user_key)
+                .order_by(LoginEvent.id)
+            )
+        ).all()
+
+        assert child_text(parse(wrong.content), "errorCode") == "5"
+        assert after_wrong == legacy_hash
+        assert child_text(parse(right.content), "errorCode") == "6"
+        assert upgraded is not None
+        assert upgraded.startswith("$argon2id$")
+        assert hasher.context.verify(DEFAULT_PASSWORD, upgraded)
+        assert list(reasons) == ["wrong_password", "disabled"]
 
 
 class TestProfile:

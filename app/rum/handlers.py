@@ -184,7 +184,9 @@ async def _check_password(
     elif not result.valid:
         reason = LoginOutcome.WRONG_PASSWORD.value
     elif user.status != "active":
-        reason = LoginOutcome.DISABLED.value
+        # As `authenticate` does, the correct password still upgrades an outdated hash.
+        record_login("failure", LoginOutcome.DISABLED.value)
+        return LoginOutcome.DISABLED.value, result.replacement_hash
     else:
         record_login("success", "ok")
         return None, result.replacement_hash

@@ -153,6 +153,7 @@ _EVENT_PLACEHOLDERS = {
 class LoginStatements:
     begin: CompiledStatement
     failure: CompiledStatement
+    failure_with_new_hash: CompiledStatement
     success: CompiledStatement
     success_with_new_hash: CompiledStatement
 
@@ -172,13 +173,16 @@ def _statements(policy: ThrottlePolicy) -> LoginStatements:
     )
     success = _event_statement().add_cte(cleared)
     success_placeholders = {**_EVENT_PLACEHOLDERS, "subject": ""}
+    rehash_placeholders = {"user_id": 0, "old_hash": "", "new_hash": ""}
     return LoginStatements(
         begin=_begin_statement(policy),
         failure=CompiledStatement.of(_event_statement(), _EVENT_PLACEHOLDERS),
+        failure_with_new_hash=CompiledStatement.of(
+            _event_statement().add_cte(rehashed), {**_EVENT_PLACEHOLDERS, **rehash_placeholders}
+        ),
         success=CompiledStatement.of(success, success_placeholders),
         success_with_new_hash=CompiledStatement.of(
-            success.add_cte(rehashed),
-            {**success_placeholders, "user_id": 0, "old_hash": "", "new_hash": ""},
+            success.add_cte(rehashed), {**success_placeholders, **rehash_placeholders}
         ),
     )
 
@@ -235,8 +239,9 @@ async def finish_login(
 ) -> None:
     """Record the attempt in `login_events`.
 
-    After a success it also clears the account's failures and stores `new_hash`, when given,
-    in place of the user's hash in an outdated scheme.
+    After a success it also clears the account's failures. With `new_hash`, given after the
+    correct password of an active or disabled user, it stores that hash in place of the user's
+    hash in an outdated scheme.
     """
     statements = _statements(account_policy(settings))
     values: dict[str, Any] = {
@@ -248,14 +253,13 @@ async def finish_login(
         "site_id": site_id,
         "request_id": request_id,
     }
+    rehash = False
+    if new_hash is not None and user is not None:
+        rehash = True
+        values.update(user_id=user.id, old_hash=user.password_hash, new_hash=new_hash)
     if not succeeded:
-        statement = statements.failure
-    elif new_hash is not None and user is not None:
-        statement = statements.success_with_new_hash
-        values.update(
-            subject=subject, user_id=user.id, old_hash=user.password_hash, new_hash=new_hash
-        )
+        statement = statements.failure_with_new_hash if rehash else statements.failure
     else:
-        statement = statements.success
+        statement = statements.success_with_new_hash if rehash else statements.success
         values["subject"] = subject
     await connection.execute(statement.sql, *statement.arguments(values))
