@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test typecheck install clean constraints
+.PHONY: run test typecheck lint install clean constraints
 
 CONSTRAINTS := docker/constraints.txt
 
@@ -37,6 +37,10 @@ test: $(STAMP)
 # mypy in strict mode over the service and the benchmarks, with the pinned versions.
 typecheck: $(STAMP)
 	$(BIN)/mypy app bench
+
+# ruff's checks (pyproject.toml selects them) over the service, benchmarks and tests.
+lint: $(STAMP)
+	$(BIN)/ruff check app bench tests
 
 # Resolve the newest versions that pyproject.toml allows in a scratch environment and pin them.
 constraints:

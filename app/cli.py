@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 from pydantic import ValidationError
-
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.admin.cli import keys

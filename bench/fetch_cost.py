@@ -218,14 +218,16 @@ async def measure(database_url: str, count: int) -> None:
     async def lifespan_receive() -> dict[str, Any]:
         return next(startup)
 
+    lifespan_started = asyncio.Event()
+
     async def lifespan_send(message: dict[str, Any]) -> None:
-        return None
+        if message["type"] == "lifespan.startup.complete":
+            lifespan_started.set()
 
     lifespan = asyncio.ensure_future(
         floor_app.app({"type": "lifespan"}, lifespan_receive, lifespan_send)
     )
-    while "pool" not in floor_app._state:
-        await asyncio.sleep(0.05)
+    await asyncio.wait_for(lifespan_started.wait(), timeout=30)
     assert await post_profile(floor_app.app, authorization, 1) == 200
     await cpu_ms_per_call(
         "floor: whole RemoteUserFetch (ASGI, no server)",

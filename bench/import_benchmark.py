@@ -11,7 +11,7 @@ lines, the peak resident memory of the importer process and of its whole process
 CPU time of the importer and of its PostgreSQL backends.
 """
 
-# ruff: noqa: S108, S603 - a benchmark that runs this project's own commands in a scratch folder
+# ruff: noqa: S108 - a benchmark that runs this project's own commands in a scratch folder
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ class ServiceProcess:
         arguments = command or [
             sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--no-access-log",
         ]
-        self.process = subprocess.Popen(  # noqa: S603 - fixed argument list
+        self.process = subprocess.Popen(
             [*arguments, "--host", "127.0.0.1", "--port", str(self.port)],
             env=child_environment,
             stdin=subprocess.DEVNULL,

@@ -29,7 +29,7 @@ from tests.admin_support import (
 
 __all__ = ["read_key", "write_key"]
 
-SECRET_PASSWORD = "audit must never see this passphrase"  # noqa: S105 (test data)
+SECRET_PASSWORD = "audit must never see this passphrase"
 
 Change = Callable[
     [httpx.AsyncClient, str, dict[str, Any], dict[str, str]], Awaitable[httpx.Response]

@@ -74,7 +74,7 @@ class TestCreateUser:
             shipping_address=FULL_ADDRESS,
             billing_address={"line1": "1 Main St", "country": "DE"},
             attributes={"loyaltyTier": "gold"},
-            password="correct horse battery",  # noqa: S106 (test data)
+            password="correct horse battery",
         )
 
         response = await client.post(USERS, json=body, headers=bearer(write_key))
@@ -799,7 +799,7 @@ class TestEraseUser:
             first_name="Erin",
             shipping_address=FULL_ADDRESS,
             attributes={"crm": "7"},
-            password="a password to erase",  # noqa: S106 (test data)
+            password="a password to erase",
         )
         sso_session = await add_sso_session(session, created["user_key"])
 

@@ -134,7 +134,7 @@ def billion_laughs() -> bytes:
     entities = ['<!ENTITY lol0 "lol">'] + [
         f'<!ENTITY lol{level} "{f"&lol{level - 1};" * 10}">' for level in range(1, 10)
     ]
-    return login_document(f"<!DOCTYPE LoginRequest [{''.join(entities)}]>", password="&lol9;")  # noqa: S106
+    return login_document(f"<!DOCTYPE LoginRequest [{''.join(entities)}]>", password="&lol9;")
 
 
 def quadratic_blowup() -> bytes:
@@ -144,12 +144,12 @@ def quadratic_blowup() -> bytes:
 
 def external_file_entity() -> bytes:
     doctype = '<!DOCTYPE LoginRequest [<!ENTITY secret SYSTEM "file:///etc/passwd">]>'
-    return login_document(doctype, password="&secret;")  # noqa: S106
+    return login_document(doctype, password="&secret;")
 
 
 def external_network_entity(port: int) -> bytes:
     doctype = f'<!DOCTYPE LoginRequest [<!ENTITY remote SYSTEM "http://127.0.0.1:{port}/x">]>'
-    return login_document(doctype, password="&remote;")  # noqa: S106
+    return login_document(doctype, password="&remote;")
 
 
 def parameter_entity(port: int) -> bytes:

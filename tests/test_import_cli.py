@@ -1,6 +1,6 @@
 """`sso-provider users import` as a subprocess: exit codes, report, progress, interruption."""
 
-# ruff: noqa: S603, S608 - runs this project's own command; table names are constants
+# ruff: noqa: S608 - the table names in the SQL are constants
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -278,7 +279,7 @@ class TestServedHeaderLimit:
 
     HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 20_000 + b"\r\n\r\n"
     # The expected first bytes when a head passes the limit before it is complete.
-    CUT_OFF = {"h11": b"HTTP/1.1 400 ", "httptools": b"HTTP/1.1 431 "}
+    CUT_OFF: ClassVar[dict[str, bytes]] = {"h11": b"HTTP/1.1 400 ", "httptools": b"HTTP/1.1 431 "}
 
     @pytest.mark.parametrize("parser", ["h11", "httptools"])
     def test_oversized_heads_rejected(

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db.engine import Database, create_engine, create_sessionmaker
 from app.db.url import render
-from app.main import create_app
 from app.identity.passwords import PasswordHasher
+from app.main import create_app
 from app.models import LoginEvent, SsoSession, ThrottleCounter
 from app.security.retention import purge_expired
 from tests.conftest import make_settings

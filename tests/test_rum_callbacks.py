@@ -424,8 +424,6 @@ class TestAllowedNetworks:
     async def test_caller_outside_networks_403(
         self, client: httpx.AsyncClient, app: object
     ) -> None:
-        from app.settings import Settings
-
         settings: Settings = app.state.settings  # type: ignore[attr-defined]
         app.state.settings = settings.model_copy(  # type: ignore[attr-defined]
             update={"rum_allowed_networks": [__import__("ipaddress").ip_network("10.0.0.0/8")]}

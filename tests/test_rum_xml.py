@@ -6,7 +6,7 @@ The request samples follow Digital River's published examples, written in the Ap
 
 # The samples contain passwords on purpose, and the standard library parser reads only the
 # responses that app.rum.xml renders.
-# ruff: noqa: S105, S314
+# ruff: noqa: S314
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ SCRIPT = textwrap.dedent(
 
 
 def spans_recorded(app_kind: str) -> dict[str, object]:
-    completed = subprocess.run(  # noqa: S603 - this interpreter and a constant script
+    completed = subprocess.run(
         [sys.executable, "-c", SCRIPT, app_kind],
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ import pytest
 from passlib.hash import bcrypt, pbkdf2_sha256
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.engine import create_engine, create_sessionmaker

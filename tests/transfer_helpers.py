@@ -1,6 +1,6 @@
 """Helpers shared by the import, export and cross-link audit tests."""
 
-# ruff: noqa: S603 - runs this project's own command
+
 
 from __future__ import annotations
 

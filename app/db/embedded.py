@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 DATABASE_NAME = "sso"
 
 _CREATE_DATABASE = (
-    f"SELECT 'CREATE DATABASE {DATABASE_NAME}' "
+    f"SELECT 'CREATE DATABASE {DATABASE_NAME}' "  # noqa: S608 (a fixed name, no input)
     f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE_NAME}')\\gexec\n"
 )
 

@@ -9,13 +9,13 @@ from typing import Any
 
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL
-from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import greenlet_spawn
 
 from app.db.embedded import EmbeddedPostgres
 from app.db.errors import leaves_connection_unusable
@@ -131,7 +131,9 @@ def open_database(settings: Settings, url: URL | None = None) -> Database:
     if url is None:
         url, embedded = resolve_url(settings)
     engine = create_engine(url, settings)
-    return Database(url=url, engine=engine, sessionmaker=create_sessionmaker(engine), embedded=embedded)
+    return Database(
+        url=url, engine=engine, sessionmaker=create_sessionmaker(engine), embedded=embedded
+    )
 
 
 @asynccontextmanager

@@ -213,7 +213,7 @@ class LoginOutcome(enum.Enum):
 
     SUCCESS = "success"
     UNKNOWN_LOGIN = "unknown_login"
-    WRONG_PASSWORD = "wrong_password"
+    WRONG_PASSWORD = "wrong_password"  # noqa: S105 (a login outcome, not a password)
     DISABLED = "disabled"
 
 

@@ -122,7 +122,7 @@ class User(Base):
         back_populates="user", lazy="raise", cascade="all, delete-orphan", passive_deletes=True
     )
 
-    __mapper_args__ = {"eager_defaults": True}
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012 (SQLAlchemy's declarative hook)
 
 
 class UserAddress(Base):

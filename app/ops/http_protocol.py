@@ -43,7 +43,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.max_head_bytes: int = self.config.h11_max_incomplete_event_size or DEFAULT_MAX_HEAD_BYTES
+        configured = self.config.h11_max_incomplete_event_size
+        self.max_head_bytes: int = configured or DEFAULT_MAX_HEAD_BYTES
         self._head_open = False
         self._between_messages = True
         self._heads_begun = 0

@@ -52,7 +52,7 @@ class CompiledStatement:
 
     @classmethod
     def of(cls, statement: ClauseElement, placeholders: dict[str, Any]) -> CompiledStatement:
-        """Compile `statement`, with `placeholders` as values of the bind parameters that lack one."""
+        """Compile `statement`, with `placeholders` as values of bind parameters that lack one."""
         compiled: Any = statement.compile(dialect=_DIALECT)
         return cls(
             sql=str(compiled),

@@ -34,11 +34,17 @@ class BodyTooLargeError(Exception):
     pass
 
 
-def xml_answer(body: bytes, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(content=body, status_code=status_code, media_type=XML_MEDIA_TYPE, headers=headers)
+def xml_answer(
+    body: bytes, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        content=body, status_code=status_code, media_type=XML_MEDIA_TYPE, headers=headers
+    )
 
 
-def xml_error(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+def xml_error(
+    status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
     return xml_answer(xml.render_error(code, message), status_code, headers)
 
 
@@ -80,11 +86,15 @@ async def process_callback(
         check_caller(request, settings)
     except CallerRejectedError as rejected:
         logger.warning("rum.caller_rejected code=%s", rejected.code)
-        headers = {"WWW-Authenticate": 'Basic realm="sso-provider"'} if rejected.status_code == 401 else None
+        headers = None
+        if rejected.status_code == 401:
+            headers = {"WWW-Authenticate": 'Basic realm="sso-provider"'}
         return xml_error(rejected.status_code, rejected.code, rejected.message, headers)
 
     if not _content_type_accepted(request):
-        return xml_error(415, "unsupported_media_type", "send the callback as text/xml or application/xml")
+        return xml_error(
+            415, "unsupported_media_type", "send the callback as text/xml or application/xml"
+        )
     try:
         body = await read_limited_body(request, settings.max_body_bytes)
     except BodyTooLargeError:

@@ -56,7 +56,8 @@ def check_caller(request: Request, settings: Settings) -> None:
             address = ipaddress.ip_address(str(host))
         except ValueError:
             address = None
-        if address is None or not any(address in network for network in settings.rum_allowed_networks):
+        allowed = settings.rum_allowed_networks
+        if address is None or not any(address in network for network in allowed):
             raise CallerRejectedError(
                 403, "forbidden_network", "the caller's address is not in SSO_RUM_ALLOWED_NETWORKS"
             )

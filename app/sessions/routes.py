@@ -76,7 +76,9 @@ class UserLookup(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"external_reference_id": "D05B4D68-F49D-11DA-8019-88F835DA4C6C"}]},
+        json_schema_extra={
+            "examples": [{"external_reference_id": "D05B4D68-F49D-11DA-8019-88F835DA4C6C"}]
+        },
     )
 
     user_key: uuid.UUID | None = Field(default=None, description="The user's `user_key`.")
