@@ -453,21 +453,67 @@ class TestServerClosedConnections:
         assert [response.status_code for response in after] == [200] * 8
         assert child_text(parse(after[1].content), "successful") == "true"
 
+    async def test_one_ended_backend_replaced_alone(
+        self, committed_app: FastAPI, committed_client: httpx.AsyncClient
+    ) -> None:
+        database = committed_app.state.database
+        profile = profile_request("NO-SUCH-ERID")
+        warm = await asyncio.gather(
+            *(committed_client.post("/rum/user-profile", content=profile, headers=basic_auth())
+              for _ in range(8))
+        )
+        assert {response.status_code for response in warm} == {200}
+        pooled = await service_backend_pids(database)
+        ended = min(pooled)
 
-async def terminate_service_backends(database: Database) -> int:
-    """End every server process that serves the app's pool, as a PostgreSQL restart would."""
+        assert await terminate_service_backends(database, {ended}) == 1
+        await asyncio.sleep(0.2)  # lets the event loop read that connection's end of stream
+        # Sequential fetches take the pooled connections in turn, the ended one included.
+        after = [
+            await committed_client.post("/rum/user-profile", content=profile, headers=basic_auth())
+            for _ in range(2 * len(pooled))
+        ]
+        serving = await service_backend_pids(database)
+
+        assert len(pooled) == 4
+        assert [response.status_code for response in after] == [200] * len(after)
+        assert ended not in serving
+        assert pooled - {ended} <= serving
+
+
+async def terminate_service_backends(database: Database, pids: set[int] | None = None) -> int:
+    """End the server processes that serve the app's pool (those in `pids`, or all of them).
+
+    Ending all of them is what a PostgreSQL restart does to the pool.
+    """
     engine = create_engine(database.url, make_settings())
+    query = (
+        select(func.pg_terminate_backend(text("pid")))
+        .select_from(text("pg_stat_activity"))
+        .where(*_SERVICE_BACKENDS)
+    )
+    if pids is not None:
+        query = query.where(text("pid = ANY(:pids)").bindparams(pids=list(pids)))
     try:
         async with engine.connect() as connection:
-            rows = await connection.execute(
-                select(func.pg_terminate_backend(text("pid")))
-                .select_from(text("pg_stat_activity"))
-                .where(
-                    text("datname = current_database()"),
-                    text("pid <> pg_backend_pid()"),
-                    text("application_name = 'sso-provider'"),
-                )
-            )
-            return len(rows.all())
+            return len((await connection.execute(query)).all())
     finally:
         await engine.dispose()
+
+
+async def service_backend_pids(database: Database) -> set[int]:
+    """Return the process ids of the server processes that serve the app's pool."""
+    engine = create_engine(database.url, make_settings())
+    query = select(text("pid")).select_from(text("pg_stat_activity")).where(*_SERVICE_BACKENDS)
+    try:
+        async with engine.connect() as connection:
+            return set((await connection.execute(query)).scalars())
+    finally:
+        await engine.dispose()
+
+
+_SERVICE_BACKENDS = (
+    text("datname = current_database()"),
+    text("pid <> pg_backend_pid()"),
+    text("application_name = 'sso-provider'"),
+)

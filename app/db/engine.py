@@ -25,17 +25,19 @@ from app.settings import Settings
 
 
 def _reject_closed_connection(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    """Discard a pooled connection whose socket the server has closed, and all older ones.
+    """Discard a pooled connection whose socket the server has closed.
 
-    asyncpg marks a connection closed as soon as the event loop reads the end of the stream,
-    as after a PostgreSQL restart, so this check costs no round trip. Raising InvalidatePoolError
-    makes SQLAlchemy open a new connection for this checkout and retire every connection pooled
-    before now. A connection that died silently (a network partition) still fails its first
-    statement. On the ORM path SQLAlchemy then invalidates the pool, and on the driver path
+    asyncpg marks a connection closed as soon as the event loop reads the end of the stream, so
+    this check costs no round trip. Raising DisconnectionError makes SQLAlchemy replace this
+    connection for the checkout and keep the rest of the pool. After a PostgreSQL restart every
+    pooled connection is closed and each is replaced at its own checkout. When one server
+    process ends alone (`pg_terminate_backend`, `idle_session_timeout`), the others stay. A
+    connection that died silently (a network partition) still fails its first statement. On the
+    ORM path SQLAlchemy then invalidates the pool, and on the driver path
     `Database.driver_connection` invalidates the connection.
     """
     if dbapi_connection.driver_connection.is_closed():
-        raise exc.InvalidatePoolError("the server closed the pooled connection")
+        raise exc.DisconnectionError("the server closed the pooled connection")
 
 
 def create_engine(url: URL, settings: Settings) -> AsyncEngine:
