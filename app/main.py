@@ -12,9 +12,10 @@ from fastapi_offline import FastAPIOffline
 
 from app.db.engine import Database, open_database
 from app.identity.passwords import PasswordHasher
+from app.middleware import wrap_middleware_stack
 from app.ops import configure_logging, install_operations, operations_started, operations_stopped
 from app.problems import install_problem_handlers
-from app.security.headers import wrap_with_security_headers
+from app.security.headers import SecurityHeadersMiddleware
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     install_security(app, settings)
 
-    # Last, so that its middleware wraps every other one.
+    # Last, so that the request id, access log and metrics, then the security headers, wrap
+    # every other layer, the 500 responses of unhandled exceptions included.
     install_operations(app)
-    wrap_with_security_headers(app)
+    wrap_middleware_stack(app, SecurityHeadersMiddleware)
     return app

@@ -447,22 +447,12 @@ async def _client_disconnected(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    # Starlette runs the catch-all handler in ServerErrorMiddleware, outside every user
-    # middleware, so the response gets its X-Request-ID header here.
-    return _render_unexpected(request, exc, add_request_id_header=True)
+    """Render an unexpected error: 503 when the database is unavailable, else 500.
 
-
-async def _infrastructure_error(request: Request, exc: Exception) -> Response:
-    # Handlers registered by class run in ExceptionMiddleware, inside the request-id
-    # middleware, which adds the X-Request-ID header itself.
-    return _render_unexpected(request, exc, add_request_id_header=False)
-
-
-def _render_unexpected(
-    request: Request, exc: Exception, *, add_request_id_header: bool
-) -> Response:
+    The X-Request-ID header comes from the request-context middleware, which wraps even
+    ServerErrorMiddleware, where Starlette runs the catch-all handler.
+    """
     request_id = request_id_of(request)
-    id_header = {REQUEST_ID_HEADER: request_id} if add_request_id_header else {}
     if is_database_unavailable(exc):
         logger.error(
             "request.database_unavailable path=%s request_id=%s error=%s",
@@ -477,7 +467,7 @@ def _render_unexpected(
             status=503,
             code="service_unavailable",
             detail="the database is unavailable: retry shortly",
-            headers={"Retry-After": "5", **id_header},
+            headers={"Retry-After": "5"},
         )
     logger.exception(
         "request.failed path=%s request_id=%s", request.url.path, request_id, exc_info=exc
@@ -490,7 +480,6 @@ def _render_unexpected(
         status=500,
         code="internal_error",
         detail=f"an unexpected error occurred: quote request id {request_id} when reporting it",
-        headers=id_header,
     )
 
 
@@ -509,8 +498,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnect, _client_disconnected)
     # Database and network errors are also registered by class, so ExceptionMiddleware answers
     # them: the catch-all above runs in ServerErrorMiddleware, which re-raises after answering.
-    app.add_exception_handler(SQLAlchemyError, _infrastructure_error)
-    app.add_exception_handler(OSError, _infrastructure_error)
+    app.add_exception_handler(SQLAlchemyError, _unexpected_error)
+    app.add_exception_handler(OSError, _unexpected_error)
     app.include_router(problem_types_router)
 
 

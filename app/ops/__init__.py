@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from app.middleware import wrap_middleware_stack
 from app.ops.health import router as health_router
 from app.ops.logging import RequestContextMiddleware, configure_logging, get_request_id
 from app.ops.metrics import instrument_pool, mark_worker_stopped
@@ -21,11 +22,12 @@ __all__ = [
 def install_operations(app: FastAPI) -> None:
     """Add `/healthz`, `/readyz`, `/metrics` and the request-context middleware.
 
-    Call it after every other `add_middleware`, so the request id and timing wrap them all.
+    The middleware wraps the whole stack, Starlette's error handling included, so the request
+    id header, the access line and the metrics also cover 500s for unhandled exceptions.
     """
     app.include_router(health_router)
     app.include_router(metrics_router)
-    app.add_middleware(RequestContextMiddleware)
+    wrap_middleware_stack(app, RequestContextMiddleware)
 
 
 def operations_started(app: FastAPI) -> None:

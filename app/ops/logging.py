@@ -248,11 +248,10 @@ def _find_request_id(scope: Scope) -> str:
 class RequestContextMiddleware:
     """Pure ASGI middleware: request id, one access log line and the request metrics.
 
-    It must be the outermost user middleware, so it is added last in `create_app`. FastAPI's
-    `ServerErrorMiddleware` still sits outside it. An unhandled exception passes through here,
-    and the access line gets status 500 and the exception class. The app's `Exception` handler
-    (or uvicorn, when there is none) then logs the traceback. That outer handler reads the id
-    from `request.state.request_id` to set the response header.
+    It wraps the whole stack, Starlette's `ServerErrorMiddleware` included (`install_operations`),
+    so the 500 that the app's `Exception` handler sends for an unhandled exception also gets the
+    header. The exception then passes through here, and the access line gets status 500 and the
+    exception class.
     """
 
     def __init__(self, app: ASGIApp) -> None:

@@ -3,7 +3,7 @@
 `install_security(app, settings)` adds the source-address and request-limit middleware, the
 admin endpoints for lockouts and login events, the limit responses in the
 OpenAPI schema and the background purge of old login events. Call it before
-`install_operations`, whose middleware must stay the outermost.
+`install_operations`, whose middleware wraps the whole stack.
 """
 
 from __future__ import annotations

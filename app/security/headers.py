@@ -13,8 +13,8 @@ response may be cached, sniffed as another content type, framed or leak its URL 
   allowed by its SHA-256 hash, computed from the page as sent, so nothing else inline runs.
   That policy also stops ReDoc's request for Redocly's logo on its CDN.
 
-`wrap_with_security_headers` puts the middleware outside the whole stack, Starlette's error
-middleware included, so a 500 for an unhandled exception gets the headers too.
+`create_app` puts the middleware outside the whole stack (`wrap_middleware_stack`), Starlette's
+error middleware included, so a 500 for an unhandled exception gets the headers too.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import hashlib
 import re
 from typing import Final
 
-from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DOCS_PAGES: Final = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -121,18 +120,3 @@ class SecurityHeadersMiddleware:
             await send({"type": "http.response.body", "body": page})
 
         await self.app(scope, receive, send_when_complete)
-
-
-def wrap_with_security_headers(app: Starlette) -> None:
-    """Make `SecurityHeadersMiddleware` the outermost layer of `app`'s middleware stack.
-
-    `add_middleware` places middleware inside Starlette's ServerErrorMiddleware, which sends
-    the 500 for an unhandled exception itself, so the stack that Starlette builds on the
-    first request is wrapped instead.
-    """
-    build_stack = app.build_middleware_stack
-
-    def build_wrapped_stack() -> ASGIApp:
-        return SecurityHeadersMiddleware(build_stack())
-
-    app.build_middleware_stack = build_wrapped_stack  # type: ignore[method-assign]
