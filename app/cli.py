@@ -11,6 +11,7 @@ import click
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.admin.audit import CLI_ACTOR, record_audit_event
 from app.admin.cli import keys
 from app.db.engine import Database, database_for_command
 from app.db.migrate import current_revision, head_revision, upgrade_to_head
@@ -188,6 +189,19 @@ def users_add(
                 await require_current_schema(database)
                 async with database.sessionmaker() as session:
                     user = await create_user(session, hasher, data, created_via="cli")
+                    # As for a user created through the admin API, in the same transaction. The
+                    # command passes every option, so only those given count as set.
+                    given_fields = [
+                        name for name in data.model_fields_set if getattr(data, name) is not None
+                    ]
+                    await record_audit_event(
+                        session,
+                        actor=CLI_ACTOR,
+                        action="user.create",
+                        target_user_key=user.user_key,
+                        changed_fields=sorted(given_fields),
+                        details={"created_via": "cli"},
+                    )
                     await session.commit()
                     loaded = await find_user(session, user_key=user.user_key)
                     assert loaded is not None

@@ -6,12 +6,18 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.engine import URL
 
+from app.db.engine import create_engine
 from app.db.url import render
+from app.models import AuditEvent
+from tests.conftest import make_settings
 from tests.database import TestServer
 
 PASSWORD = "a strong password"
@@ -56,6 +62,33 @@ class TestUsersAdd:
         assert user["external_reference_id"] == user["external_reference_id"].upper()
         assert user["has_password"] is True
         assert PASSWORD not in result.stdout + result.stderr
+
+    async def test_audit_event_written(self, fresh_database_url: URL) -> None:
+        result = run_cli(
+            fresh_database_url, "users", "add", "--login", "audited@example.com", "--password-stdin"
+        )
+        user_key = json.loads(result.stdout)["user_key"]
+        engine = create_engine(fresh_database_url, make_settings())
+        try:
+            async with engine.connect() as connection:
+                events = (
+                    await connection.execute(
+                        select(
+                            AuditEvent.actor_key_id, AuditEvent.actor_name, AuditEvent.action,
+                            AuditEvent.changed_fields, AuditEvent.details,
+                        ).where(AuditEvent.target_user_key == uuid.UUID(user_key))
+                    )
+                ).all()
+        finally:
+            await engine.dispose()
+
+        assert result.returncode == 0, result.stderr
+        assert len(events) == 1
+        assert events[0].actor_key_id is None
+        assert events[0].actor_name == "cli"
+        assert events[0].action == "user.create"
+        assert events[0].changed_fields == ["login", "password"]
+        assert events[0].details == {"created_via": "cli"}
 
     def test_explicit_erid_kept(self, fresh_database_url: URL) -> None:
         result = run_cli(
@@ -131,6 +164,29 @@ class TestMigrate:
         assert "run `sso-provider migrate` first" in result.stderr
         assert "INSERT" not in result.stderr
         assert "Traceback" not in result.stderr
+
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ("users", "export", "--output", "{folder}/users.csv"),
+            ("users", "import", "--dry-run", "{folder}/input.csv"),
+            ("audit", "crosslinks"),
+        ],
+        ids=["export", "import", "audit"],
+    )
+    def test_transfer_commands_need_migrations(
+        self, empty_database_url: URL, tmp_path: Path, command: tuple[str, ...]
+    ) -> None:
+        (tmp_path / "input.csv").write_text("login\nm@example.com\n", encoding="utf-8")
+        arguments = [part.format(folder=tmp_path) for part in command]
+
+        result = run_cli(empty_database_url, *arguments, stdin=None)
+
+        assert result.returncode == 1
+        assert "run `sso-provider migrate` first" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "users.csv").exists()
+        assert not (tmp_path / "users.csv.partial").exists()
 
     def test_migrate_then_add(self, empty_database_url: URL) -> None:
         migrated = run_cli(empty_database_url, "migrate", stdin=None)

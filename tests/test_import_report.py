@@ -122,6 +122,7 @@ async def test_report_finds_every_conflict(
     assert [error.row for error in errors] == sorted(error.row for error in errors)
     assert summary.rows_read == 20
     assert summary.rows_rejected == len(expected)
+    assert summary.rows_valid == 20 - len(expected)
     assert summary.written is False
     assert await _imported_count(session) == 0
 

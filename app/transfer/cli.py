@@ -212,9 +212,12 @@ async def _run_import(
         else:
             out.write(_format_error(error) + "\n")
 
+    from app.cli import require_current_schema
+
     hasher = PasswordHasher(settings)
     try:
         async with database_for_command(settings) as database:
+            await require_current_schema(database)
             async with database.sessionmaker() as session:
                 importer = Importer(session, hasher, options, progress=progress, report=report)
                 try:
@@ -317,14 +320,10 @@ def export_users_command(
         created_from=_as_utc(created_from),
         created_before=_as_utc(created_before),
     )
+    from app.cli import run_database_command
+
     settings = _settings()
-    with ExitStack() as stack:
-        target: IO[str] = (
-            stack.enter_context(output.open("w", encoding="utf-8", newline=""))
-            if output is not None
-            else sys.stdout
-        )
-        count = asyncio.run(_run_export(settings, options, target))
+    count = run_database_command(_run_export(settings, options, output))
     if output is not None:
         click.echo(f"exported to {output} ({count} bytes)", err=True)
 
@@ -337,18 +336,37 @@ def _as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-async def _run_export(settings: Any, options: Any, target: IO[str]) -> int:
+async def _run_export(settings: Any, options: Any, output: Path | None) -> int:
+    """Write the export to `output` (standard output when None) and return its size in bytes.
+
+    A file is written under a temporary name and renamed when complete, so a failed export
+    leaves no partial file under the requested name.
+    """
+    from app.cli import require_current_schema
     from app.db.engine import database_for_command
     from app.transfer.exporter import export_users
 
     written = 0
     async with database_for_command(settings) as database:
-        async with database.sessionmaker() as session:
-            async for chunk in export_users(session, options):
-                target.write(chunk)
-                written += len(chunk.encode("utf-8"))
-            await session.rollback()
-    target.flush()
+        await require_current_schema(database)
+        partial = output.with_name(output.name + ".partial") if output is not None else None
+        with ExitStack() as stack:
+            target: IO[str] = (
+                stack.enter_context(partial.open("w", encoding="utf-8", newline=""))
+                if partial is not None
+                else sys.stdout
+            )
+            if partial is not None:
+                stack.callback(partial.unlink, missing_ok=True)
+            async with database.sessionmaker() as session:
+                async for chunk in export_users(session, options):
+                    target.write(chunk)
+                    written += len(chunk.encode("utf-8"))
+                await session.rollback()
+            target.flush()
+            if partial is not None and output is not None:
+                target.close()
+                partial.replace(output)
     return written
 
 
@@ -375,8 +393,10 @@ def audit() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def audit_crosslinks_command(since_days: int, samples: int, as_json: bool) -> None:
     """Report users at risk of being confused with each other; exit 1 when anything is found."""
+    from app.cli import run_database_command
+
     settings = _settings()
-    report = asyncio.run(_run_audit(settings, since_days, samples))
+    report = run_database_command(_run_audit(settings, since_days, samples))
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     else:
@@ -385,10 +405,12 @@ def audit_crosslinks_command(since_days: int, samples: int, as_json: bool) -> No
 
 
 async def _run_audit(settings: Any, since_days: int, samples: int) -> Any:
+    from app.cli import require_current_schema
     from app.db.engine import database_for_command
     from app.transfer.crosslinks import audit_crosslinks
 
     async with database_for_command(settings) as database:
+        await require_current_schema(database)
         async with database.sessionmaker() as session:
             report = await audit_crosslinks(session, since_days=since_days, sample_groups=samples)
             await session.rollback()

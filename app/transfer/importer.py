@@ -801,6 +801,9 @@ class Importer:
         self.summary.rows_rejected = await connection.fetchval(
             "SELECT count(DISTINCT row_number) FROM import_errors", timeout=BULK_TIMEOUT_SECONDS
         )
+        # Rows that passed their own checks but conflict with another row or an existing user
+        # are rejected too, so they no longer count as valid.
+        self.summary.rows_valid = self.summary.rows_read - self.summary.rows_rejected
 
     async def _insert(self, connection: asyncpg.Connection) -> None:
         self._tick("inserting")
