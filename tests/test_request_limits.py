@@ -326,11 +326,21 @@ class TestServedHeaderLimit:
                 service.port, head + b"a" * 3000 + b"\r\nConnection: close\r\n\r\n", piece=512
             )
             endless = self.send_raw(service.port, head + b"a" * 6000, piece=512)
+            # A chunked body's trailer that never ends, after the response was sent: the
+            # connection is closed, with no second response on it.
+            trailer = self.send_raw(
+                service.port,
+                b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"0\r\nX-Trailer: " + b"a" * 6000,
+                piece=512,
+            )
         finally:
             service.stop()
 
         assert small.startswith(b"HTTP/1.1 200 ")
         assert endless.startswith(b"HTTP/1.1 431 ")
+        assert trailer.startswith(b"HTTP/1.1 200 ")
+        assert trailer.count(b"HTTP/1.1 ") == 1
 
     def test_httptools_serves_callbacks_and_pipelined_requests(
         self, fresh_database_url: URL, tmp_path: Path
@@ -343,8 +353,9 @@ class TestServedHeaderLimit:
         )
         body = profile_request("NO-SUCH-ERID")
         authorization = basic_auth()["Authorization"].encode()
-        # A callback with its body, then a second request, in one read: the second head begins
-        # mid-read after a body, and must not be counted against the first or cut off.
+        # A callback with its body, then the start of a second request, in one read, and the
+        # rest of the second head in later reads: its head begins mid-read after a body, and
+        # must not be counted with the first request's bytes or cut off.
         pipelined = (
             b"POST /rum/user-profile HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Authorization: " + authorization + b"\r\nContent-Type: text/xml\r\n"
@@ -360,7 +371,7 @@ class TestServedHeaderLimit:
                 headers={**basic_auth(), "Content-Type": "text/xml"},
                 timeout=10,
             )
-            both = self.send_raw(service.port, pipelined, piece=len(pipelined))
+            both = self.send_raw(service.port, pipelined, piece=2048)
         finally:
             service.stop()
 

@@ -36,9 +36,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """`HttpToolsProtocol` that closes a connection whose open request head passes a limit.
 
     The limit is uvicorn's `h11_max_incomplete_event_size`, which `sso-provider serve` sets to
-    SSO_MAX_HEADER_BYTES for either parser. The count is of whole reads, so when a head begins
-    in the middle of a read that also carried an earlier request's bytes, counting starts with
-    the next read. The memory held by one head therefore stays below the limit plus one read.
+    SSO_MAX_HEADER_BYTES for either parser. It also applies to the bytes of a message that
+    bring no body: the trailer after a chunked body, and long chunk headers. httptools buffers
+    those too. The count is of whole reads, and a read that delivers body bytes or completes
+    the head starts it again. So when a head begins in the middle of a read that also carried
+    an earlier request's bytes, counting starts with the next read, and the memory held stays
+    below the limit plus one read.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -48,18 +51,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_open = False
         self._between_messages = True
         self._heads_begun = 0
-        self._head_bytes = 0
+        self._progress = False
+        self._open_bytes = 0
 
     def on_message_begin(self) -> None:
         self._head_open = True
         self._between_messages = False
         self._heads_begun += 1
-        self._head_bytes = 0
+        self._open_bytes = 0
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._head_open = False
+        self._progress = True
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._progress = True
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._between_messages = True
@@ -68,17 +77,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         begun = self._heads_begun
         idle = self._between_messages
+        self._progress = False
         super().data_received(data)
-        if not self._head_open or self.transport.is_closing():
+        if self._between_messages or self.transport.is_closing():
             return
-        if self._heads_begun == begun:
-            # The head was already open before this read.
-            self._head_bytes += len(data)
-        elif idle and self._heads_begun == begun + 1:
+        if self._heads_begun == begun and not self._progress:
+            # The message was already open and this read brought no body: head, trailer or
+            # chunk framing only.
+            self._open_bytes += len(data)
+        elif idle and self._heads_begun == begun + 1 and not self._progress:
             # The head began with this read, so every byte of it belongs to the head.
-            self._head_bytes = len(data)
-        if self._head_bytes > self.max_head_bytes:
-            logger.warning("http.head_too_large limit=%s", self.max_head_bytes)
-            self.transport.write(_RESPONSE)
-            self.transport.close()
+            self._open_bytes = len(data)
+        else:
+            self._open_bytes = 0
+        if self._open_bytes > self.max_head_bytes:
+            self._reject()
 
+    def _reject(self) -> None:
+        logger.warning("http.head_too_large limit=%s", self.max_head_bytes)
+        cycle = self.cycle
+        if self._head_open:
+            # An earlier request on this connection may still be running, and a 431 now would
+            # reach the client as that request's response.
+            may_respond = cycle is None or cycle.response_complete
+        else:
+            may_respond = cycle is not None and not cycle.response_started
+        if may_respond:
+            self.transport.write(_RESPONSE)
+        self.transport.close()
