@@ -231,3 +231,27 @@ async def test_exported_user_found_by_service(source_database_url: URL) -> None:
             assert user.created_via == "import"
     finally:
         await engine.dispose()
+
+
+def test_export_file_replaced_safely(source_database_url: URL, tmp_path: Path) -> None:
+    """A regular file keeps its mode, a symbolic link is written through, and a missing folder
+    is named in the error."""
+    private = tmp_path / "private.csv"
+    private.write_text("old\n", encoding="utf-8")
+    private.chmod(0o600)
+    linked = tmp_path / "linked-target.csv"
+    link = tmp_path / "link.csv"
+    link.symlink_to(linked)
+
+    exported = _export(source_database_url, private, "--include-password-hashes")
+    _export(source_database_url, link)
+    missing = run_cli(source_database_url, "users", "export", "--output", str(tmp_path / "no" / "x.csv"))
+
+    assert b"service@example.com" in exported
+    assert oct(private.stat().st_mode & 0o777) == oct(0o600)
+    assert link.is_symlink()
+    assert b"service@example.com" in linked.read_bytes()
+    assert missing.returncode == 1
+    assert "cannot write" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".partial")]

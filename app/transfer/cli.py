@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import stat
 import sys
+import tempfile
 import time
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
@@ -339,35 +342,61 @@ def _as_utc(value: datetime | None) -> datetime | None:
 async def _run_export(settings: Any, options: Any, output: Path | None) -> int:
     """Write the export to `output` (standard output when None) and return its size in bytes.
 
-    A file is written under a temporary name and renamed when complete, so a failed export
-    leaves no partial file under the requested name.
+    A regular file is written under a temporary name in the same folder and renamed over
+    `output` when complete, so a failed export leaves no partial file there. The file keeps the
+    permissions of the one it replaces. Anything else (a symbolic link, a device, a pipe) is
+    written in place.
     """
-    from app.cli import require_current_schema
+    from app.cli import fail, require_current_schema
     from app.db.engine import database_for_command
     from app.transfer.exporter import export_users
 
     written = 0
     async with database_for_command(settings) as database:
         await require_current_schema(database)
-        partial = output.with_name(output.name + ".partial") if output is not None else None
         with ExitStack() as stack:
-            target: IO[str] = (
-                stack.enter_context(partial.open("w", encoding="utf-8", newline=""))
-                if partial is not None
-                else sys.stdout
-            )
-            if partial is not None:
-                stack.callback(partial.unlink, missing_ok=True)
+            target: IO[str] = sys.stdout
+            temporary: Path | None = None
+            if output is not None:
+                try:
+                    target, temporary = _open_export_file(output, stack)
+                except OSError as exc:
+                    fail(f"cannot write {output}: {exc.strerror}")
             async with database.sessionmaker() as session:
                 async for chunk in export_users(session, options):
                     target.write(chunk)
                     written += len(chunk.encode("utf-8"))
                 await session.rollback()
             target.flush()
-            if partial is not None and output is not None:
+            if temporary is not None and output is not None:
                 target.close()
-                partial.replace(output)
+                temporary.replace(output)
     return written
+
+
+def _open_export_file(output: Path, stack: ExitStack) -> tuple[IO[str], Path | None]:
+    """Open where the export goes: a temporary file beside a regular `output`, else `output`.
+
+    Returns the open file and the temporary path, which is None when writing in place. The
+    stack removes the temporary file unless it has been renamed.
+    """
+    if output.is_symlink() or (output.exists() and not output.is_file()):
+        return stack.enter_context(output.open("w", encoding="utf-8", newline="")), None
+    descriptor, name = tempfile.mkstemp(
+        dir=output.parent, prefix=f".{output.name}.", suffix=".partial"
+    )
+    temporary = Path(name)
+    stack.callback(temporary.unlink, missing_ok=True)
+    if output.exists():
+        mode = stat.S_IMODE(output.stat().st_mode)
+    else:
+        # The mode that open() would have given a new file.
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.fchmod(descriptor, mode)
+    handle = os.fdopen(descriptor, "w", encoding="utf-8", newline="")
+    return stack.enter_context(handle), temporary
 
 
 @click.group("audit")
