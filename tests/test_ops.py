@@ -266,6 +266,26 @@ class TestAccessLog:
             # Console lines start with the timestamp.
             assert direct.split(" ", 1)[1] == routed.split(" ", 1)[1]
 
+    def test_direct_line_write_failure_contained(self) -> None:
+        class BrokenStream(io.StringIO):
+            def write(self, text: str) -> int:
+                raise BrokenPipeError(32, "Broken pipe")
+
+        root = logging.getLogger()
+        others = list(root.handlers)
+        raise_exceptions = logging.raiseExceptions
+        configure_logging(make_settings(log_format="json"), stream=BrokenStream())
+        try:
+            for handler in others:
+                root.removeHandler(handler)
+            logging.raiseExceptions = False
+            log_access(logging.INFO, {"method": "GET", "route": "/healthz", "status": 200})
+        finally:
+            logging.raiseExceptions = raise_exceptions
+            for handler in others:
+                root.addHandler(handler)
+            configure_logging(make_settings())
+
     async def test_stdlib_logs_are_json(self, client: httpx.AsyncClient, logs: io.StringIO) -> None:
         logging.getLogger("some.library").warning("disk %s is %d%% full", "/var", 91)
 

@@ -149,11 +149,18 @@ class _DirectLines:
         )
 
     def write(self, logger: logging.Logger, method: str, event: dict[str, Any]) -> None:
-        for processor in self.processors:
-            event = processor(logger, method, event)
-        line = self.renderer(logger, method, event)
-        with self.handler.lock:  # type: ignore[union-attr]
-            self.handler.write_line(line)
+        try:
+            for processor in self.processors:
+                event = processor(logger, method, event)
+            line = self.renderer(logger, method, event)
+            with self.handler.lock:  # type: ignore[union-attr]
+                self.handler.write_line(line)
+        except Exception:
+            # As in the stdlib route, a failed write (a closed pipe) never reaches the request:
+            # `handleError` reports it on standard error when `logging.raiseExceptions` is set.
+            level = logging.ERROR if method == "error" else logging.INFO
+            record = logger.makeRecord(logger.name, level, "(access)", 0, "http.request", (), None)
+            self.handler.handleError(record)
 
 
 _direct_lines: _DirectLines | None = None
