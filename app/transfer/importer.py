@@ -461,27 +461,15 @@ async def copy_batch(
 ) -> None:
     """COPY a batch's records into the staging tables, or the direct path's batch tables."""
     prefix = "import_batch_" if batch_tables else "import_"
-    if records.users:
-        await connection.copy_records_to_table(
-            f"{prefix}rows",
-            records=records.users,
-            columns=USER_STAGING_COLUMNS,
-            timeout=BULK_TIMEOUT_SECONDS,
-        )
-    if records.addresses:
-        await connection.copy_records_to_table(
-            f"{prefix}addresses",
-            records=records.addresses,
-            columns=ADDRESS_STAGING_COLUMNS,
-            timeout=BULK_TIMEOUT_SECONDS,
-        )
-    if records.attributes:
-        await connection.copy_records_to_table(
-            f"{prefix}attributes",
-            records=records.attributes,
-            columns=ATTRIBUTE_STAGING_COLUMNS,
-            timeout=BULK_TIMEOUT_SECONDS,
-        )
+    for table, rows, columns in (
+        ("rows", records.users, USER_STAGING_COLUMNS),
+        ("addresses", records.addresses, ADDRESS_STAGING_COLUMNS),
+        ("attributes", records.attributes, ATTRIBUTE_STAGING_COLUMNS),
+    ):
+        if rows:
+            await connection.copy_records_to_table(
+                prefix + table, records=rows, columns=columns, timeout=BULK_TIMEOUT_SECONDS
+            )
     if errors:
         await connection.copy_records_to_table(
             "import_errors",
