@@ -353,9 +353,9 @@ class TestServedHeaderLimit:
         )
         body = profile_request("NO-SUCH-ERID")
         authorization = basic_auth()["Authorization"].encode()
-        # A callback with its body, then the start of a second request, in one read, and the
-        # rest of the second head in later reads: its head begins mid-read after a body, and
-        # must not be counted with the first request's bytes or cut off.
+        # One read carries a callback with its body and the start of a second request. Later
+        # reads carry the rest of the second head, which must not be counted with the first
+        # request's bytes or cut off.
         pipelined = (
             b"POST /rum/user-profile HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Authorization: " + authorization + b"\r\nContent-Type: text/xml\r\n"

@@ -94,7 +94,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._reject()
 
     def _reject(self) -> None:
-        logger.warning("http.head_too_large limit=%s", self.max_head_bytes)
+        client = self.client[0] if self.client else None
+        logger.warning(
+            "http.head_too_large limit=%s client=%s", self.max_head_bytes, client
+        )
         cycle = self.cycle
         if self._head_open:
             # An earlier request on this connection may still be running, and a 431 now would
