@@ -15,6 +15,7 @@ from app.identity.passwords import PasswordHasher
 from app.middleware import wrap_middleware_stack
 from app.ops import configure_logging, install_operations, operations_started, operations_stopped
 from app.problems import install_problem_handlers
+from app.rum.asgi import CallbackServer
 from app.security.headers import SecurityHeadersMiddleware
 from app.settings import Settings, get_settings
 
@@ -99,7 +100,10 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             app.state.hasher.close()
             if owned:
                 await app.state.database.dispose()
-            operations_stopped()
+            else:
+                # The driver pool opened for this app's requests; the engine is the owner's.
+                await app.state.database.close_driver_pool()
+            operations_stopped(app)
             logger.info("service.stopped")
 
     # FastAPIOffline serves the Swagger UI and ReDoc assets from the service, so /docs and
@@ -118,13 +122,9 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     )
     app.state.settings = settings
 
-    from app.rum.routes import CallbackDispatcher
     from app.rum.routes import router as rum_router
 
     app.include_router(rum_router)
-    # Added first, so it is the innermost middleware: the limits, the source address, the
-    # request id, the access log and the metrics still apply to every callback.
-    app.add_middleware(CallbackDispatcher, routes=rum_router.routes)
 
     from app.admin.routes import router as admin_router
 
@@ -147,4 +147,9 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     # every other layer, the 500 responses of unhandled exceptions included.
     install_operations(app)
     wrap_middleware_stack(app, SecurityHeadersMiddleware)
+    # Outermost: the callbacks are served ahead of every layer above, and this layer applies
+    # what those layers would (`app.rum.asgi`).
+    wrap_middleware_stack(
+        app, lambda stack: CallbackServer(stack, app, settings, rum_router.routes)
+    )
     return app

@@ -446,7 +446,7 @@ async def _client_disconnected(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
+async def unexpected_error(request: Request, exc: Exception) -> Response:
     """Render an unexpected error: 503 when the database is unavailable, else 500.
 
     The X-Request-ID header comes from the request-context middleware, which wraps even
@@ -494,12 +494,12 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(Exception, unexpected_error)
     app.add_exception_handler(ClientDisconnect, _client_disconnected)
     # Database and network errors are also registered by class, so ExceptionMiddleware answers
     # them: the catch-all above runs in ServerErrorMiddleware, which re-raises after answering.
-    app.add_exception_handler(SQLAlchemyError, _unexpected_error)
-    app.add_exception_handler(OSError, _unexpected_error)
+    app.add_exception_handler(SQLAlchemyError, unexpected_error)
+    app.add_exception_handler(OSError, unexpected_error)
     app.include_router(problem_types_router)
 
 

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".sso-data")
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=5, ge=0, le=200)
+    db_driver_pool_size: int = Field(
+        default=10, ge=1, le=200, description="connections for the callbacks' driver statements"
+    )
     db_pool_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     db_statement_timeout_ms: int = Field(default=5000, ge=100)
     db_lock_timeout_ms: int = Field(default=3000, ge=100)

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.db.engine import Database, create_engine, create_sessionmaker
+from app.db.engine import Database, create_engine, create_sessionmaker, database_for
 from app.db.migrate import upgrade_to_head
 from app.identity.passwords import PasswordHasher
 from app.main import create_app
@@ -194,9 +194,7 @@ async def app(
 async def committed_app(settings: Settings, fresh_database_url: URL) -> AsyncIterator[FastAPI]:
     """The service on its own fresh database, with a real pool and real commits."""
     engine = create_engine(fresh_database_url, settings)
-    database = Database(
-        url=fresh_database_url, engine=engine, sessionmaker=create_sessionmaker(engine)
-    )
+    database = database_for(fresh_database_url, engine, settings)
     application = create_app(settings, database=database)
     try:
         async for running in _running(application):

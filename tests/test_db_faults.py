@@ -31,7 +31,7 @@ from sqlalchemy.engine import URL
 
 from app.admin.keys import create_api_key
 from app.db.embedded import EmbeddedPostgres
-from app.db.engine import Database, create_engine, create_sessionmaker
+from app.db.engine import Database, create_engine, database_for
 from app.db.migrate import upgrade_to_head
 from app.identity.passwords import PasswordHasher
 from app.main import create_app
@@ -123,7 +123,7 @@ async def running_app(
     settings: Settings, url: URL
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     engine = create_engine(url, settings)
-    database = Database(url=url, engine=engine, sessionmaker=create_sessionmaker(engine))
+    database = database_for(url, engine, settings)
     application = create_app(settings, database=database)
     try:
         async with application.router.lifespan_context(application):
@@ -328,7 +328,9 @@ class TestOutage:
 class TestPoolExhaustion:
     @pytest.fixture
     def settings(self) -> Settings:
-        return fast_hashing(db_pool_size=1, db_max_overflow=0, db_pool_timeout_seconds=0.5)
+        return fast_hashing(
+            db_pool_size=1, db_max_overflow=0, db_driver_pool_size=1, db_pool_timeout_seconds=0.5
+        )
 
     async def test_queues_briefly_then_503(
         self, committed_app: FastAPI, committed_client: httpx.AsyncClient
@@ -340,7 +342,9 @@ class TestPoolExhaustion:
             await session.commit()
         body = login_request(shopper.login, DEFAULT_PASSWORD)
 
-        async with database.engine.connect() as held:
+        # Both pools hold one connection: the engine's serves the admin API, the driver pool's
+        # the callbacks.
+        async with database.engine.connect() as held, database.driver_connection():
             await held.execute(select(1))
             outcomes = await asyncio.gather(
                 *(timed(committed_client, "login", "POST", "/rum/login", content=body,
@@ -369,7 +373,7 @@ class TestPoolExhaustion:
             shopper = await make_user(session, committed_app.state.hasher)
         body = login_request(shopper.login, DEFAULT_PASSWORD)
 
-        async with database.engine.connect() as held:
+        async with database.engine.connect() as held, database.driver_connection():
             await held.execute(select(1))
             pending = asyncio.create_task(
                 committed_client.post("/rum/login", content=body, headers=basic_auth())
@@ -425,7 +429,7 @@ class TestServerClosedConnections:
 
     @pytest.fixture
     def settings(self) -> Settings:
-        return fast_hashing(db_pool_size=4, db_max_overflow=0)
+        return fast_hashing(db_pool_size=4, db_max_overflow=0, db_driver_pool_size=4)
 
     async def test_callbacks_succeed_after_backends_end(
         self, committed_app: FastAPI, committed_client: httpx.AsyncClient

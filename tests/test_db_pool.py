@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.util import greenlet_spawn
 
-from app.db.engine import Database, create_engine, create_sessionmaker
+from app.db.engine import create_engine
 from app.db.pool import FairAsyncQueue, FairAsyncQueuePool
 from tests.conftest import make_settings
 
@@ -115,24 +115,3 @@ async def test_items_go_to_waiters_in_order() -> None:
 
     assert [await task for task in tasks] == [10, 20, 30]
     assert queue.empty()
-
-
-@pytest.mark.parametrize(
-    ("error", "replaced"),
-    [(TimeoutError(), True), (OSError("connection reset"), True), (ValueError("bug"), False)],
-)
-async def test_driver_connection_after_error(
-    engine: AsyncEngine, error: Exception, replaced: bool
-) -> None:
-    database = Database(url=engine.url, engine=engine, sessionmaker=create_sessionmaker(engine))
-    async with database.driver_connection() as connection:
-        first = await connection.fetchval("SELECT pg_backend_pid()")
-
-    with pytest.raises(type(error)):
-        async with database.driver_connection() as connection:
-            assert await connection.fetchval("SELECT pg_backend_pid()") == first
-            raise error
-    async with database.driver_connection() as connection:
-        after = await connection.fetchval("SELECT pg_backend_pid()")
-
-    assert (after != first) is replaced

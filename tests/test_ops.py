@@ -490,7 +490,7 @@ class TestMetrics:
 class TestPoolMetrics:
     @pytest.fixture
     def settings(self) -> Settings:
-        return make_settings(db_pool_size=3, db_max_overflow=2)
+        return make_settings(db_pool_size=3, db_max_overflow=2, db_driver_pool_size=4)
 
     async def test_pool_read_at_scrape(
         self, committed_app: FastAPI, committed_client: httpx.AsyncClient
@@ -509,6 +509,22 @@ class TestPoolMetrics:
         idle = metric_value(after, "sso_db_pool_idle")
         assert idle is not None and idle >= 1
         assert metric_value(after, "sso_db_pool_overflow") == 0
+
+    async def test_driver_pool_read_at_scrape(
+        self, committed_app: FastAPI, committed_client: httpx.AsyncClient
+    ) -> None:
+        database = committed_app.state.database
+
+        async with database.driver_connection(), database.driver_connection():
+            during = await scrape(committed_client)
+        after = await scrape(committed_client)
+
+        assert metric_value(during, "sso_db_driver_pool_size") == 4
+        assert metric_value(during, "sso_db_driver_pool_in_use") == 2
+        assert metric_value(during, "sso_db_driver_pool_waiting") == 0
+        assert metric_value(after, "sso_db_driver_pool_in_use") == 0
+        assert metric_value(after, "sso_db_driver_pool_idle") == 2
+        assert metric_value(after, "sso_db_driver_pool_open") == 2
 
 
 class TestHashingThreads:

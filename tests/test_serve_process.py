@@ -182,19 +182,26 @@ class TestMultipleWorkers:
     async def test_metrics_summed_across_workers(
         self, fresh_database_url: URL, log_path: Path
     ) -> None:
-        server = Server(fresh_database_url, log_path, workers=2, SSO_DB_POOL_SIZE="3")
+        server = Server(
+            fresh_database_url, log_path, workers=2, SSO_DB_POOL_SIZE="3",
+            SSO_DB_DRIVER_POOL_SIZE="2",
+        )
         try:
             await asyncio.to_thread(server.wait_until_healthy)
 
-            # Each worker publishes its pool size of 3 at startup: 6 means both are counted.
+            # Each worker publishes its pool sizes of 3 and 2 at startup: 6 and 4 mean both
+            # are counted.
             deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-            pool_size = None
-            while time.monotonic() < deadline and pool_size != 6:
+            sizes: tuple[float | None, float | None] = (None, None)
+            while time.monotonic() < deadline and sizes != (6, 4):
                 async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
                     exposition = (await client.get("/metrics")).text
-                pool_size = metric_value(exposition, "sso_db_pool_size")
+                sizes = (
+                    metric_value(exposition, "sso_db_pool_size"),
+                    metric_value(exposition, "sso_db_driver_pool_size"),
+                )
                 await asyncio.sleep(0.2)
-            assert pool_size == 6, server.log_text()
+            assert sizes == (6, 4), server.log_text()
 
             for _ in range(10):
                 async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final
 
+import asyncpg
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
@@ -15,10 +16,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.util import greenlet_spawn
 
+from app.db.driver_pool import DriverPool
 from app.db.embedded import EmbeddedPostgres
-from app.db.errors import leaves_connection_unusable
 from app.db.pool import FairAsyncQueuePool
 from app.db.url import to_async_url
 from app.settings import Settings
@@ -32,12 +32,26 @@ def _reject_closed_connection(dbapi_connection: Any, record: Any, proxy: Any) ->
     connection for the checkout and keep the rest of the pool. After a PostgreSQL restart every
     pooled connection is closed and each is replaced at its own checkout. When one server
     process ends alone (`pg_terminate_backend`, `idle_session_timeout`), the others stay. A
-    connection that died silently (a network partition) still fails its first statement. On the
-    ORM path SQLAlchemy then invalidates the pool, and on the driver path
-    `Database.driver_connection` invalidates the connection.
+    connection that died silently (a network partition) still fails its first statement, and
+    SQLAlchemy then invalidates the pool. The driver pool checks its own connections the same
+    way (`app.db.driver_pool`).
     """
     if dbapi_connection.driver_connection.is_closed():
         raise exc.DisconnectionError("the server closed the pooled connection")
+
+
+def connect_arguments(settings: Settings) -> dict[str, Any]:
+    """Return the asyncpg connect arguments that every connection of the service gets."""
+    return {
+        "timeout": 5,
+        "command_timeout": max(1.0, settings.db_statement_timeout_ms / 1000 + 1),
+        "statement_cache_size": settings.db_statement_cache_size,
+        "server_settings": {
+            "application_name": "sso-provider",
+            "statement_timeout": str(settings.db_statement_timeout_ms),
+            "lock_timeout": str(settings.db_lock_timeout_ms),
+        },
+    }
 
 
 def create_engine(url: URL, settings: Settings) -> AsyncEngine:
@@ -58,16 +72,7 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
         pool_recycle=settings.db_pool_recycle_seconds,
         # Error messages would otherwise carry bound values (password hashes, logins) to logs.
         hide_parameters=True,
-        connect_args={
-            "timeout": 5,
-            "command_timeout": max(1.0, settings.db_statement_timeout_ms / 1000 + 1),
-            "statement_cache_size": settings.db_statement_cache_size,
-            "server_settings": {
-                "application_name": "sso-provider",
-                "statement_timeout": str(settings.db_statement_timeout_ms),
-                "lock_timeout": str(settings.db_lock_timeout_ms),
-            },
-        },
+        connect_args=connect_arguments(settings),
     )
     event.listen(engine.sync_engine, "checkout", _reject_closed_connection)
     return engine
@@ -77,43 +82,75 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+# Options of SQLAlchemy's asyncpg dialect that asyncpg itself does not take.
+_SQLALCHEMY_ONLY_OPTIONS: Final = (
+    "prepared_statement_cache_size",
+    "prepared_statement_name_func",
+    "async_creator_fn",
+)
+
+
 @dataclass
 class Database:
-    """The database a process uses: its URL, engine, and the embedded server if it runs one."""
+    """The database a process uses: its URL, engine, and the embedded server if it runs one.
+
+    Statements that skip SQLAlchemy get their connections from a separate `DriverPool` of at
+    most `driver_pool_size` connections, opened on first use with the engine's connect
+    arguments (`connect_args`), so they carry the same server settings and timeouts.
+    """
 
     url: URL
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     embedded: EmbeddedPostgres | None = None
+    driver_pool_size: int = 10
+    pool_timeout_seconds: float = 2.0
+    pool_recycle_seconds: float = 1800.0
+    connect_args: dict[str, Any] = field(
+        default_factory=lambda: connect_arguments(Settings.model_construct())
+    )
+    _driver_pool: DriverPool | None = field(default=None, init=False, repr=False)
 
     def request_session(self) -> AsyncSession:
         """Return a new session for one request's work, which the caller closes."""
         return self.sessionmaker()
 
-    @asynccontextmanager
-    async def driver_connection(self) -> AsyncIterator[Any]:
-        """Check out a pooled connection and yield the asyncpg connection under it.
+    @property
+    def driver_pool(self) -> DriverPool:
+        if self._driver_pool is None:
+            self._driver_pool = DriverPool(
+                self._open_driver_connection,
+                size=self.driver_pool_size,
+                timeout=self.pool_timeout_seconds,
+                recycle=self.pool_recycle_seconds,
+            )
+        return self._driver_pool
+
+    def driver_connection(self) -> AbstractAsyncContextManager[Any]:
+        """Check out an asyncpg connection from the driver pool (`app.db.driver_pool`).
 
         For statements that skip SQLAlchemy, each of which runs as its own transaction. A
         connection whose statement was cancelled, or failed in a way that may have broken it
-        (`leaves_connection_unusable`), is invalidated rather than returned to the pool.
+        (`leaves_connection_unusable`), is closed rather than returned to the pool.
         """
-        # `raw_connection` skips the AsyncConnection wrapper, and with it about half the CPU
-        # time of a checkout through `engine.connect()` (`bench/fetch_cost.py`).
-        pooled = await self.engine.raw_connection()
-        driver: Any = pooled.driver_connection
-        try:
-            yield driver
-        except BaseException as error:
-            # A cancelled statement may leave the connection mid-protocol, so it goes too.
-            cancelled = not isinstance(error, Exception)
-            if cancelled or driver.is_closed() or leaves_connection_unusable(error):
-                await greenlet_spawn(pooled.invalidate, None if cancelled else error)
-            raise
-        finally:
-            await greenlet_spawn(pooled.close)
+        return self.driver_pool.connection()
+
+    async def _open_driver_connection(self) -> Any:
+        # The address and options come from the URL as SQLAlchemy reads it (several hosts and
+        # `target_session_attrs` included), the rest from the engine's connect arguments.
+        _, parameters = self.engine.dialect.create_connect_args(self.url)
+        for option in _SQLALCHEMY_ONLY_OPTIONS:
+            parameters.pop(option, None)
+        return await asyncpg.connect(**parameters, **self.connect_args)
+
+    async def close_driver_pool(self) -> None:
+        """Close the driver pool's connections; a later checkout opens a new pool."""
+        pool, self._driver_pool = self._driver_pool, None
+        if pool is not None:
+            await pool.close()
 
     async def dispose(self) -> None:
+        await self.close_driver_pool()
         await self.engine.dispose()
         if self.embedded is not None:
             self.embedded.stop()
@@ -132,9 +169,22 @@ def open_database(settings: Settings, url: URL | None = None) -> Database:
     embedded: EmbeddedPostgres | None = None
     if url is None:
         url, embedded = resolve_url(settings)
-    engine = create_engine(url, settings)
+    return database_for(url, create_engine(url, settings), settings, embedded)
+
+
+def database_for(
+    url: URL, engine: AsyncEngine, settings: Settings, embedded: EmbeddedPostgres | None = None
+) -> Database:
+    """Return the Database for `engine`, with the driver pool sized by `settings`."""
     return Database(
-        url=url, engine=engine, sessionmaker=create_sessionmaker(engine), embedded=embedded
+        url=url,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        embedded=embedded,
+        driver_pool_size=settings.db_driver_pool_size,
+        pool_timeout_seconds=settings.db_pool_timeout_seconds,
+        pool_recycle_seconds=settings.db_pool_recycle_seconds,
+        connect_args=connect_arguments(settings),
     )
 
 

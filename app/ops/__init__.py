@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from app.middleware import wrap_middleware_stack
 from app.ops.health import router as health_router
 from app.ops.logging import RequestContextMiddleware, configure_logging, get_request_id
-from app.ops.metrics import instrument_pool, mark_worker_stopped
+from app.ops.metrics import instrument_pools, mark_worker_stopped
 from app.ops.metrics import router as metrics_router
 
 __all__ = [
@@ -31,9 +31,12 @@ def install_operations(app: FastAPI) -> None:
 
 
 def operations_started(app: FastAPI) -> None:
-    """Start publishing the database pool's numbers (needed with several workers)."""
-    instrument_pool(app.state.database.engine)
+    """Start publishing the database pools' numbers (needed with several workers)."""
+    app.state.pool_publisher = instrument_pools(app.state.database)
 
 
-def operations_stopped() -> None:
+def operations_stopped(app: FastAPI) -> None:
+    publisher = getattr(app.state, "pool_publisher", None)
+    if publisher is not None:
+        publisher.cancel()
     mark_worker_stopped()

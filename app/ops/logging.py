@@ -269,14 +269,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
 
-        request_id = _find_request_id(scope)
-        header = (_REQUEST_ID_HEADER_BYTES, request_id.encode("ascii"))
-        scope.setdefault("state", {})["request_id"] = request_id
-        _request_id.set(request_id)
-        # The id stays bound after the request: each request runs in its own task, whose
-        # context ends with it, and the error handler outside this middleware still logs it.
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-
+        header = begin_request(scope)
         status = 500
         error: str | None = None
 
@@ -287,9 +280,7 @@ class RequestContextMiddleware:
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
-        method = scope["method"]
         started = time.perf_counter()
-        REQUESTS_IN_PROGRESS.inc()
         try:
             await self.app(scope, receive, send_with_request_id)
         except Exception as exc:
@@ -297,19 +288,44 @@ class RequestContextMiddleware:
             error = type(exc).__name__
             raise
         finally:
-            REQUESTS_IN_PROGRESS.dec()
-            duration = time.perf_counter() - started
-            route = route_template(scope, status)
-            observe_request(method, route, status, duration)
-            fields: dict[str, Any] = {
-                "method": method,
-                "route": route,
-                "status": status,
-                "duration_ms": round(duration * 1000, 2),
-            }
-            if error is not None:
-                fields["error"] = error
-            log_access(logging.ERROR if status >= 500 else logging.INFO, fields)
+            end_request(scope, status, started, error)
+
+
+def begin_request(scope: Scope) -> tuple[bytes, bytes]:
+    """Give an HTTP request its id and count it in progress; return the `X-Request-ID` header.
+
+    The id goes on `scope["state"]`, in the context variable and in structlog's context. It
+    stays bound after the request: each request runs in its own task, whose context ends with
+    it, and an error handler outside the middleware still logs it.
+    """
+    request_id = _find_request_id(scope)
+    scope.setdefault("state", {})["request_id"] = request_id
+    _request_id.set(request_id)
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    REQUESTS_IN_PROGRESS.inc()
+    return (_REQUEST_ID_HEADER_BYTES, request_id.encode("ascii"))
+
+
+def end_request(scope: Scope, status: int, started: float, error: str | None) -> None:
+    """Record a request that `begin_request` started: its metrics and its access line.
+
+    `started` is the request's `time.perf_counter()` reading; `error` the class name of an
+    exception that escaped the app, if any.
+    """
+    REQUESTS_IN_PROGRESS.dec()
+    duration = time.perf_counter() - started
+    method = scope["method"]
+    route = route_template(scope, status)
+    observe_request(method, route, status, duration)
+    fields: dict[str, Any] = {
+        "method": method,
+        "route": route,
+        "status": status,
+        "duration_ms": round(duration * 1000, 2),
+    }
+    if error is not None:
+        fields["error"] = error
+    log_access(logging.ERROR if status >= 500 else logging.INFO, fields)
 
 
 def log_access(level: int, fields: dict[str, Any]) -> None:

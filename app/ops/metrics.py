@@ -18,13 +18,14 @@ Other modules record through the names exported here:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
@@ -40,9 +41,11 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
 from starlette.types import Scope
+
+if TYPE_CHECKING:
+    from app.db.engine import Database
 
 MULTIPROCESS_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -200,6 +203,12 @@ _POOL_HELP: Final = {
     "sso_db_pool_checked_out": "Connections in use by requests.",
     "sso_db_pool_idle": "Open connections waiting in the pool.",
     "sso_db_pool_overflow": "Connections open beyond the pool size now.",
+    "sso_db_driver_pool_size": "Connections the callbacks' driver pool may open "
+    "(SSO_DB_DRIVER_POOL_SIZE).",
+    "sso_db_driver_pool_open": "Connections the driver pool has open or is opening.",
+    "sso_db_driver_pool_in_use": "Driver pool connections in use by callbacks.",
+    "sso_db_driver_pool_idle": "Open driver pool connections waiting for a callback.",
+    "sso_db_driver_pool_waiting": "Callbacks waiting for a driver pool connection.",
 }
 
 
@@ -223,22 +232,32 @@ def read_pool(pool: Pool) -> dict[str, float]:
     return values
 
 
-class PoolCollector(Collector):
-    """Reads the engine's pool when Prometheus scrapes, so the numbers are never stale."""
+def read_pools(database: Database) -> dict[str, float]:
+    """Return the numbers of the engine's pool and of the driver pool."""
+    values = read_pool(database.engine.sync_engine.pool)
+    for key, value in database.driver_pool.stats().items():
+        values[f"sso_db_driver_pool_{key}"] = float(value)
+    return values
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+
+class PoolCollector(Collector):
+    """Reads the database's pools when Prometheus scrapes, so the numbers are never stale."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        for name, value in read_pool(self.engine.sync_engine.pool).items():
+        for name, value in read_pools(self.database).items():
             family = GaugeMetricFamily(name, _POOL_HELP[name])
             family.add_metric([], value)
             yield family
 
 
 # With several workers the scraped process cannot read the other workers' pools, so each
-# worker writes its numbers to the shared directory whenever a connection moves.
+# worker writes its numbers to the shared directory: the engine's pool whenever a connection
+# moves, the driver pool every second (a write per checkout would cost the callbacks).
 _MULTIPROCESS_POOL_GAUGES: dict[str, Gauge] = {}
+DRIVER_POOL_PUBLISH_SECONDS: Final = 1.0
 
 
 def _multiprocess_pool_gauges() -> dict[str, Gauge]:
@@ -250,24 +269,40 @@ def _multiprocess_pool_gauges() -> dict[str, Gauge]:
     return _MULTIPROCESS_POOL_GAUGES
 
 
-def _publish_pool(pool: Pool) -> None:
+def _publish(values: dict[str, float]) -> None:
     gauges = _multiprocess_pool_gauges()
-    for name, value in read_pool(pool).items():
+    for name, value in values.items():
         gauges[name].set(value)
 
 
-def instrument_pool(engine: AsyncEngine) -> None:
-    """Publish the pool's numbers on every connection event; needed only with several workers."""
+async def _publish_driver_pool(database: Database) -> None:
+    while True:
+        _publish(
+            {
+                f"sso_db_driver_pool_{key}": float(value)
+                for key, value in database.driver_pool.stats().items()
+            }
+        )
+        await asyncio.sleep(DRIVER_POOL_PUBLISH_SECONDS)
+
+
+def instrument_pools(database: Database) -> asyncio.Task[None] | None:
+    """Publish the pools' numbers for other workers to serve; needed only with several workers.
+
+    Returns the task that publishes the driver pool's numbers, which the caller cancels when
+    the worker stops, or None with a single worker.
+    """
     if not multiprocess_enabled():
-        return
-    pool = engine.sync_engine.pool
+        return None
+    pool = database.engine.sync_engine.pool
 
     def on_event(*_args: Any) -> None:
-        _publish_pool(pool)
+        _publish(read_pool(pool))
 
     for name in ("connect", "checkout", "checkin", "close", "invalidate", "close_detached"):
         event.listen(pool, name, on_event)
-    _publish_pool(pool)
+    _publish(read_pools(database))
+    return asyncio.get_running_loop().create_task(_publish_driver_pool(database))
 
 
 def mark_worker_stopped() -> None:
@@ -297,18 +332,18 @@ def prepare_multiprocess_dir(workers: int) -> Path | None:
     return created
 
 
-def render_metrics(engine: AsyncEngine | None) -> bytes:
-    """Return the text exposition of every metric, including the pool of `engine`."""
+def render_metrics(database: Database | None) -> bytes:
+    """Return the text exposition of every metric, including the pools of `database`."""
     if multiprocess_enabled():
-        if engine is not None:
-            _publish_pool(engine.sync_engine.pool)
+        if database is not None:
+            _publish(read_pools(database))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     output = generate_latest(REGISTRY)
-    if engine is not None:
+    if database is not None:
         pool_registry = CollectorRegistry(auto_describe=False)
-        pool_registry.register(PoolCollector(engine))
+        pool_registry.register(PoolCollector(database))
         output += generate_latest(pool_registry)
     return output
 
@@ -324,5 +359,4 @@ router = APIRouter(tags=["operations"])
 )
 async def metrics(request: Request) -> Response:
     database = getattr(request.app.state, "database", None)
-    engine = database.engine if database is not None else None
-    return Response(render_metrics(engine), media_type=CONTENT_TYPE_LATEST)
+    return Response(render_metrics(database), media_type=CONTENT_TYPE_LATEST)

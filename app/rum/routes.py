@@ -10,9 +10,7 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.db.errors import is_database_unavailable
 from app.rum import examples, xml
@@ -248,31 +246,3 @@ async def session_callback(request: Request) -> Response:
 )
 async def create_user_callback(request: Request) -> Response:
     return await serve_callback(request, (xml.CreateUserRequest,))
-
-
-class CallbackDispatcher:
-    """Pure ASGI middleware that serves the callback routes without FastAPI's router.
-
-    Route matching, dependency resolution and the endpoint wrapper cost about a fifth of the
-    CPU time of a profile fetch (`bench/fetch_cost.py`). Only a POST to one of the exact
-    callback paths is served here, by the endpoint function registered for it. Every other
-    request, and the OpenAPI document, go through FastAPI as before.
-    """
-
-    def __init__(self, app: ASGIApp, routes: list[Any]) -> None:
-        self.app = app
-        self.routes = {
-            route.path: route
-            for route in routes
-            if isinstance(route, APIRoute) and "POST" in (route.methods or ())
-        }
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
-        if route is None or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        # The metrics and the access log label requests with the matched route's path.
-        scope["route"] = route
-        response = await route.endpoint(Request(scope, receive, send))
-        await response(scope, receive, send)

@@ -46,6 +46,12 @@ COMMON_HEADERS: Final = (
     (b"x-frame-options", b"DENY"),
 )
 _API_POLICY_BYTES: Final = API_POLICY.encode("ascii")
+# What an API response that sets none of these headers itself gets.
+API_RESPONSE_HEADERS: Final = (
+    *COMMON_HEADERS,
+    (b"content-security-policy", _API_POLICY_BYTES),
+    (b"cache-control", b"no-store"),
+)
 _INLINE_SCRIPT: Final = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 
 

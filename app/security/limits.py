@@ -92,6 +92,28 @@ def header_size(scope: Scope) -> int:
     return size
 
 
+def headers_too_large_message(limit: int) -> str:
+    return (
+        f"the request line and headers are larger than {limit} bytes: "
+        "send fewer or shorter headers"
+    )
+
+
+def body_timeout_message(seconds: float) -> str:
+    return f"the request body was not received within {seconds:g} seconds"
+
+
+def request_timeout_message(seconds: float) -> str:
+    return f"the request was not served within {seconds:g} seconds: retry later"
+
+
+def log_timeout(path: str, seconds: float, waiting_for_body: bool) -> None:
+    logger.warning(
+        "request.timed_out path=%s after_seconds=%s waiting_for_body=%s",
+        path, seconds, waiting_for_body,
+    )
+
+
 def _parameter_with_nul(scope: Scope) -> str | None:
     """Return the name of the first query parameter whose name or value contains NUL."""
     query = (scope.get("query_string") or b"").decode("latin-1")
@@ -131,8 +153,7 @@ class RequestLimitsMiddleware:
         if header_size(scope) > self.max_header_bytes:
             await self._reject(
                 scope, send, 431, "headers_too_large",
-                f"the request line and headers are larger than {self.max_header_bytes} bytes: "
-                "send fewer or shorter headers",
+                headers_too_large_message(self.max_header_bytes),
             )
             return
         parameter = None if callback else _parameter_with_nul(scope)
@@ -189,22 +210,17 @@ class RequestLimitsMiddleware:
         except TimeoutError:
             if not deadline.expired():
                 raise
-            logger.warning(
-                "request.timed_out path=%s after_seconds=%s waiting_for_body=%s",
-                scope["path"], self.timeout, waiting_for_body,
-            )
+            log_timeout(scope["path"], self.timeout, waiting_for_body)
             if response_started:
                 # Part of the response is already sent, so the server closes the connection.
                 return
             if waiting_for_body:
                 await self._reject(
-                    scope, send, 408, "body_timeout",
-                    f"the request body was not received within {self.timeout:g} seconds",
+                    scope, send, 408, "body_timeout", body_timeout_message(self.timeout),
                 )
             else:
                 await self._reject(
-                    scope, send, 503, "request_timeout",
-                    f"the request was not served within {self.timeout:g} seconds: retry later",
+                    scope, send, 503, "request_timeout", request_timeout_message(self.timeout),
                     retry_after=True,
                 )
             return

@@ -74,23 +74,34 @@ def source_address(
     return str(client)
 
 
+class SourceAddressResolver:
+    """Find the source address of an HTTP request's scope under the configured proxies."""
+
+    __slots__ = ("header", "trusted")
+
+    def __init__(self, settings: Settings) -> None:
+        self.trusted = tuple(settings.trusted_proxies)
+        self.header = settings.client_address_header.lower().encode("latin-1")
+
+    def __call__(self, scope: Scope) -> str | None:
+        client = scope.get("client")
+        peer = client[0] if client else None
+        values = (
+            [value.decode("latin-1") for name, value in scope["headers"] if name == self.header]
+            if self.trusted
+            else []
+        )
+        return source_address(peer, values, self.trusted)
+
+
 class SourceAddressMiddleware:
     """Pure ASGI middleware that sets `request.state.source_address` for HTTP requests."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.trusted = tuple(settings.trusted_proxies)
-        self.header = settings.client_address_header.lower().encode("latin-1")
+        self.resolve = SourceAddressResolver(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            client = scope.get("client")
-            peer = client[0] if client else None
-            values = (
-                [value.decode("latin-1") for name, value in scope["headers"] if name == self.header]
-                if self.trusted
-                else []
-            )
-            state = scope.setdefault("state", {})
-            state["source_address"] = source_address(peer, values, self.trusted)
+            scope.setdefault("state", {})["source_address"] = self.resolve(scope)
         await self.app(scope, receive, send)

@@ -1,0 +1,239 @@
+"""The driver pool that serves the callbacks' statements, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import URL
+
+from app.db.driver_pool import DriverPool, DriverPoolClosedError, DriverPoolTimeoutError
+from app.db.engine import create_engine, database_for
+from app.db.errors import is_database_unavailable
+from tests.conftest import make_settings
+
+WAIT_SECONDS = 0.05
+
+
+@pytest.fixture
+async def pool(shared_database_url: URL) -> AsyncIterator[DriverPool]:
+    """A pool of two connections that waits up to half a second."""
+    settings = make_settings(db_driver_pool_size=2, db_pool_timeout_seconds=0.5)
+    engine = create_engine(shared_database_url, settings)
+    database = database_for(shared_database_url, engine, settings)
+    try:
+        yield database.driver_pool
+    finally:
+        await database.dispose()
+
+
+async def backend_pid(connection: Any) -> int:
+    pid: int = await connection.fetchval("SELECT pg_backend_pid()")
+    return pid
+
+
+async def test_connections_carry_the_service_settings(pool: DriverPool) -> None:
+    async with pool.connection() as connection:
+        application = await connection.fetchval("SHOW application_name")
+        statement_timeout = await connection.fetchval("SHOW statement_timeout")
+
+    assert application == "sso-provider"
+    assert statement_timeout == "5s"
+
+
+async def test_opens_at_most_size_connections(pool: DriverPool) -> None:
+    async def fetch_pid() -> int:
+        async with pool.connection() as connection:
+            await asyncio.sleep(WAIT_SECONDS)
+            return await backend_pid(connection)
+
+    pids = await asyncio.gather(*(fetch_pid() for _ in range(6)))
+
+    assert len(set(pids)) == 2
+    assert pool.stats() == {"size": 2, "open": 2, "in_use": 0, "idle": 2, "waiting": 0}
+
+
+async def test_waiter_served_before_newcomer(pool: DriverPool) -> None:
+    order: list[str] = []
+    held = [await pool.acquire(), await pool.acquire()]
+
+    async def waiting() -> None:
+        async with pool.connection():
+            order.append("waiting")
+
+    task = asyncio.create_task(waiting())
+    await asyncio.sleep(WAIT_SECONDS)
+    assert pool.stats()["waiting"] == 1
+    pool.release(held.pop())
+    # A new checkout arrives before the waiting task has run, and must queue behind it.
+    async with pool.connection():
+        order.append("newcomer")
+    await task
+    pool.release(held.pop())
+
+    assert order == ["waiting", "newcomer"]
+
+
+async def test_checkout_gives_up_after_timeout(pool: DriverPool) -> None:
+    held = [await pool.acquire(), await pool.acquire()]
+    try:
+        with pytest.raises(DriverPoolTimeoutError) as raised:
+            await pool.acquire()
+    finally:
+        for connection in held:
+            pool.release(connection)
+
+    assert is_database_unavailable(raised.value)
+    assert pool.stats()["waiting"] == 0
+    # The queue holds no stale waiter: the next checkout gets an idle connection at once.
+    async with asyncio.timeout(0.1), pool.connection() as connection:
+        assert await connection.fetchval("SELECT 1") == 1
+
+
+async def test_connection_closed_by_server_replaced_at_checkout(pool: DriverPool) -> None:
+    doomed, other = await pool.acquire(), await pool.acquire()
+    ended = await backend_pid(doomed)
+    pool.release(doomed)
+    await other.fetchval("SELECT pg_terminate_backend($1)", ended)
+    pool.release(other)
+    await asyncio.sleep(0.2)  # lets the event loop read the end of that connection's stream
+
+    pids = []
+    for _ in range(4):
+        async with pool.connection() as connection:
+            pids.append(await backend_pid(connection))
+
+    assert ended not in pids
+    # The closed connection was dropped, and the other one served every checkout.
+    assert len(set(pids)) == 1
+    assert pool.stats()["open"] == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "replaced"),
+    [(TimeoutError(), True), (OSError("connection reset"), True), (ValueError("bug"), False)],
+)
+async def test_connection_after_error(
+    shared_database_url: URL, error: Exception, replaced: bool
+) -> None:
+    settings = make_settings(db_driver_pool_size=1)
+    database = database_for(shared_database_url, create_engine(shared_database_url, settings), settings)
+    try:
+        async with database.driver_connection() as connection:
+            first = await backend_pid(connection)
+        with pytest.raises(type(error)):
+            async with database.driver_connection() as connection:
+                raise error
+        async with database.driver_connection() as connection:
+            after = await backend_pid(connection)
+    finally:
+        await database.dispose()
+
+    assert (after != first) is replaced
+
+
+async def test_cancelled_statement_closes_its_connection(pool: DriverPool) -> None:
+    async def sleeper() -> None:
+        async with pool.connection() as connection:
+            await connection.execute("SELECT pg_sleep(5)")
+
+    task = asyncio.create_task(sleeper())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert pool.stats() == {"size": 2, "open": 0, "in_use": 0, "idle": 0, "waiting": 0}
+    async with pool.connection() as connection:
+        assert await connection.fetchval("SELECT 1") == 1
+
+
+async def test_cancelled_after_hand_over_passes_connection_on(pool: DriverPool) -> None:
+    held = [await pool.acquire(), await pool.acquire()]
+    first = asyncio.create_task(pool.acquire())
+    second = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(WAIT_SECONDS)
+
+    # The first waiter is handed a connection and cancelled before it runs again.
+    pool.release(held.pop())
+    first.cancel()
+    connection = await second
+    pool.release(connection)
+    pool.release(held.pop())
+
+    assert first.cancelled()
+    assert pool.stats() == {"size": 2, "open": 2, "in_use": 0, "idle": 2, "waiting": 0}
+
+
+async def test_old_connection_closed_on_return(shared_database_url: URL) -> None:
+    settings = make_settings(db_pool_recycle_seconds=0)
+    database = database_for(shared_database_url, create_engine(shared_database_url, settings), settings)
+    try:
+        async with database.driver_connection() as connection:
+            first = await backend_pid(connection)
+            await asyncio.sleep(WAIT_SECONDS)
+        async with database.driver_connection() as replacement:
+            second = await backend_pid(replacement)
+        await asyncio.sleep(0.2)  # the old connection closes in the background
+    finally:
+        await database.dispose()
+
+    assert second != first
+    assert connection.is_closed()
+
+
+async def test_closed_pool_refuses_checkouts(pool: DriverPool) -> None:
+    idle, held = await pool.acquire(), await pool.acquire()
+    pool.release(idle)
+
+    await pool.close()
+    assert idle.is_closed()
+    pool.release(held)
+    await asyncio.sleep(0.2)  # a connection returned after the close closes in the background
+
+    assert held.is_closed()
+    with pytest.raises(DriverPoolClosedError):
+        await pool.acquire()
+    assert pool.stats()["open"] == 0
+
+
+async def test_close_fails_waiting_checkouts(pool: DriverPool) -> None:
+    held = [await pool.acquire(), await pool.acquire()]
+    waiters = [asyncio.create_task(pool.acquire()) for _ in range(2)]
+    await asyncio.sleep(WAIT_SECONDS)
+
+    await pool.close()
+    for connection in held:
+        pool.release(connection)
+
+    for task in waiters:
+        with pytest.raises(DriverPoolClosedError):
+            await task
+
+
+async def test_failed_connect_frees_its_slot() -> None:
+    attempts = 0
+
+    async def refuse() -> Any:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionRefusedError("nothing listens")
+
+    pool = DriverPool(refuse, size=1, timeout=0.5, recycle=-1)
+    for _ in range(2):
+        with pytest.raises(ConnectionRefusedError):
+            await pool.acquire()
+
+    assert attempts == 2
+    assert pool.stats()["open"] == 0
+
+
+async def test_rejects_empty_pool() -> None:
+    async def connect() -> asyncpg.Connection:
+        raise AssertionError("never called")
+
+    with pytest.raises(ValueError, match="at least 1"):
+        DriverPool(connect, size=0, timeout=1, recycle=-1)
