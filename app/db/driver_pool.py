@@ -28,8 +28,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.db.errors import leaves_connection_unusable
@@ -57,26 +56,20 @@ class DriverPool:
         # A negative recycle age keeps connections for as long as they work.
         self._recycle = recycle if recycle >= 0 else float("inf")
         self._idle: deque[Any] = deque()
-        # Checkouts waiting, oldest first. Each gets a connection, or None: "open your own".
-        self._waiters: deque[asyncio.Future[Any]] = deque()
+        # Checkouts waiting, oldest first, with their deadlines. Each gets a connection, or
+        # None: "open your own". Every checkout waits as long, so the deadlines are in order
+        # too, and one timer, set for the oldest deadline, serves them all.
+        self._waiters: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
         self._opened_at: dict[Any, float] = {}
         # Connections open or being opened: the count that `size` bounds.
         self._open = 0
         self._closed = False
         self._closing: set[asyncio.Task[None]] = set()
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
+    def connection(self) -> Checkout:
         """Check out a connection for statements that run outside any transaction block."""
-        connection = await self.acquire()
-        try:
-            yield connection
-        except BaseException as error:
-            # A cancelled statement may leave the connection mid-protocol, so it goes too.
-            broken = not isinstance(error, Exception) or leaves_connection_unusable(error)
-            self.release(connection, broken=broken)
-            raise
-        self.release(connection)
+        return Checkout(self)
 
     def stats(self) -> dict[str, int]:
         """Return the pool's numbers: size, open, in use, idle and waiting checkouts."""
@@ -86,7 +79,7 @@ class DriverPool:
             "open": self._open,
             "in_use": self._open - idle,
             "idle": idle,
-            "waiting": sum(1 for waiter in self._waiters if not waiter.done()),
+            "waiting": sum(1 for _, waiter in self._waiters if not waiter.done()),
         }
 
     async def acquire(self) -> Any:
@@ -131,7 +124,7 @@ class DriverPool:
             self._close_in_background(connection, broken=broken)
             return
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(connection)
                 return
@@ -140,8 +133,11 @@ class DriverPool:
     async def close(self) -> None:
         """Close every idle connection and refuse new checkouts; busy ones close on return."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(DriverPoolClosedError("the database pool is closed"))
         while self._idle:
@@ -155,8 +151,10 @@ class DriverPool:
         """Wait for a returned connection, or None when a slot to open one became free."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Any] = loop.create_future()
-        self._waiters.append(waiter)
-        timer = loop.call_later(self._timeout, _expire, waiter, self._timeout)
+        entry = (loop.time() + self._timeout, waiter)
+        self._waiters.append(entry)
+        if self._timer is None:
+            self._timer = loop.call_at(entry[0], self._expire_waiters)
         try:
             return await waiter
         except BaseException:
@@ -167,10 +165,24 @@ class DriverPool:
                 waiter.cancel()
                 # A hand-over may already have dropped it; otherwise it must not hold the line.
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                    self._waiters.remove(entry)
             raise
-        finally:
-            timer.cancel()
+
+    def _expire_waiters(self) -> None:
+        """Fail the checkouts whose deadline has passed; set the timer for the next one."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._waiters and self._waiters[0][0] <= now:
+            _, waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(
+                    DriverPoolTimeoutError(
+                        f"no database connection became free within {self._timeout:g} s"
+                    )
+                )
+        if self._waiters:
+            self._timer = loop.call_at(self._waiters[0][0], self._expire_waiters)
 
     async def _open_connection(self) -> Any:
         try:
@@ -204,7 +216,7 @@ class DriverPool:
         if self._closed or self._open >= self.size:
             return
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, waiter = self._waiters.popleft()
             if not waiter.done():
                 self._open += 1
                 waiter.set_result(None)
@@ -219,11 +231,27 @@ class DriverPool:
         task.add_done_callback(self._closing.discard)
 
 
-def _expire(waiter: asyncio.Future[Any], seconds: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(
-            DriverPoolTimeoutError(f"no database connection became free within {seconds:g} s")
+class Checkout:
+    """`async with pool.connection() as connection`: one checkout and its return."""
+
+    __slots__ = ("_connection", "_pool")
+
+    def __init__(self, pool: DriverPool) -> None:
+        self._pool = pool
+        self._connection: Any = None
+
+    async def __aenter__(self) -> Any:
+        self._connection = await self._pool.acquire()
+        return self._connection
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
+        # A cancelled statement may leave the connection mid-protocol, so it goes too.
+        broken = error is not None and (
+            not isinstance(error, Exception) or leaves_connection_unusable(error)
         )
+        self._pool.release(self._connection, broken=broken)
 
 
 async def _close_quietly(connection: Any) -> None:

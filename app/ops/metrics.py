@@ -130,9 +130,22 @@ def route_template(scope: Scope, status: int) -> str:
     return "unmatched" if status == 404 else "other"
 
 
+# The counter and histogram of each method, route and status seen, so that a request skips
+# prometheus-client's label lookup. The keys are as few as the label values.
+_REQUEST_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def observe_request(method: str, route: str, status: int, duration: float) -> None:
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_REQUEST_DURATION.labels(method, route).observe(duration)
+    key = (method, route, status)
+    series = _REQUEST_SERIES.get(key)
+    if series is None:
+        series = (
+            HTTP_REQUESTS.labels(method, route, str(status)),
+            HTTP_REQUEST_DURATION.labels(method, route),
+        )
+        _REQUEST_SERIES[key] = series
+    series[0].inc()
+    series[1].observe(duration)
 
 
 def record_login(result: str, reason: str) -> None:

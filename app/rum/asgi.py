@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.ops.logging import begin_request, end_request
 from app.problems import unexpected_error
-from app.rum.routes import RETRY_AFTER_SECONDS, xml_error
+from app.rum.routes import ACCEPTED_MESSAGES, RETRY_AFTER_SECONDS, serve_callback, xml_error
 from app.security.headers import API_RESPONSE_HEADERS
 from app.security.limits import (
     body_timeout_message,
@@ -46,8 +46,10 @@ class CallbackServer:
     ) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
+        # The path of each POST route with the messages it accepts. The route itself is what
+        # the framework's router would have matched, which labels the request's metrics.
         self.routes = {
-            route.path: route
+            route.path: (route, ACCEPTED_MESSAGES[route.path])
             for route in routes
             if isinstance(route, APIRoute) and "POST" in (route.methods or ())
         }
@@ -56,10 +58,11 @@ class CallbackServer:
         self.max_header_bytes = settings.max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
-        if route is None or scope["method"] != "POST":
+        served = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if served is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        route, accepted = served
         request_id_header = begin_request(scope)
         started = time.perf_counter()
         status = 500
@@ -70,7 +73,7 @@ class CallbackServer:
             scope["app"] = self.fastapi_app
             scope["route"] = route
             scope["state"]["source_address"] = self.source_address(scope)
-            status, error = await self._serve(scope, receive, send, route, request_id_header)
+            status, error = await self._serve(scope, receive, send, accepted, request_id_header)
         finally:
             end_request(scope, status, started, error)
 
@@ -79,7 +82,7 @@ class CallbackServer:
         scope: Scope,
         receive: Receive,
         send: Send,
-        route: APIRoute,
+        accepted: tuple[type[Any], ...] | None,
         request_id_header: tuple[bytes, bytes],
     ) -> tuple[int, str | None]:
         """Respond to one callback within the time limit; return the status and any error class."""
@@ -115,7 +118,7 @@ class CallbackServer:
             async with asyncio.timeout(self.timeout) as deadline:
                 request = Request(scope, timed_receive, send)
                 try:
-                    response = await route.endpoint(request)
+                    response = await serve_callback(request, accepted)
                 except Exception as exc:
                     error = type(exc).__name__
                     response = await unexpected_error(request, exc)

@@ -151,6 +151,16 @@ async def process_callback(
     return xml_answer(answer)
 
 
+# The messages each callback path accepts; None: any of them, dispatched on the root element.
+ACCEPTED_MESSAGES: dict[str, tuple[type[Any], ...] | None] = {
+    "/rum": None,
+    "/rum/login": (xml.LoginRequest,),
+    "/rum/user-profile": (xml.ProfileRequest,),
+    "/rum/session": (xml.SessionValidationRequest,),
+    "/rum/create-user": (xml.CreateUserRequest,),
+}
+
+
 async def serve_callback(request: Request, accepted: tuple[type[Any], ...] | None) -> Response:
     """Run one callback with its own database session.
 
@@ -189,7 +199,7 @@ async def serve_callback(request: Request, accepted: tuple[type[Any], ...] | Non
     ),
 )
 async def any_callback(request: Request) -> Response:
-    return await serve_callback(request, None)
+    return await serve_callback(request, ACCEPTED_MESSAGES["/rum"])
 
 
 @router.post(
@@ -202,7 +212,7 @@ async def any_callback(request: Request) -> Response:
     ),
 )
 async def login_callback(request: Request) -> Response:
-    return await serve_callback(request, (xml.LoginRequest,))
+    return await serve_callback(request, ACCEPTED_MESSAGES["/rum/login"])
 
 
 @router.post(
@@ -215,7 +225,7 @@ async def login_callback(request: Request) -> Response:
     ),
 )
 async def profile_callback(request: Request) -> Response:
-    return await serve_callback(request, (xml.ProfileRequest,))
+    return await serve_callback(request, ACCEPTED_MESSAGES["/rum/user-profile"])
 
 
 @router.post(
@@ -228,7 +238,7 @@ async def profile_callback(request: Request) -> Response:
     ),
 )
 async def session_callback(request: Request) -> Response:
-    return await serve_callback(request, (xml.SessionValidationRequest,))
+    return await serve_callback(request, ACCEPTED_MESSAGES["/rum/session"])
 
 
 @router.post(
@@ -245,4 +255,4 @@ async def session_callback(request: Request) -> Response:
     ),
 )
 async def create_user_callback(request: Request) -> Response:
-    return await serve_callback(request, (xml.CreateUserRequest,))
+    return await serve_callback(request, ACCEPTED_MESSAGES["/rum/create-user"])
