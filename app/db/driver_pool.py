@@ -104,7 +104,7 @@ class DriverPool:
             else:
                 connection = await self._wait()
             if connection is None:
-                # This checkout holds one slot of `size` and opens the connection for it.
+                # This checkout has a slot of `size` reserved, and opens the connection for it.
                 return await self._open_connection()
             if connection.is_closed():
                 # The server closed it while it sat idle (a restart, `idle_session_timeout`).

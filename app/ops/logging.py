@@ -9,11 +9,12 @@ to the logging context, writes one access line per request and records the reque
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from contextvars import ContextVar
 from typing import IO, Any, Final
 
@@ -163,6 +164,20 @@ class _DirectLines:
             self.handler.handleError(record)
 
 
+def _json_fallback(value: Any) -> Any:
+    """Render what JSON cannot hold as structlog's own fallback does: `__structlog__`, or repr."""
+    structlog_form = getattr(value, "__structlog__", None)
+    return structlog_form() if structlog_form is not None else repr(value)
+
+
+# One encoder for every line, where `json.dumps` would build a new one for each.
+_JSON_ENCODER: Final = json.JSONEncoder(default=_json_fallback)
+
+
+def _dump_json(event: Any, **_options: Any) -> str:
+    return _JSON_ENCODER.encode(event)
+
+
 _direct_lines: _DirectLines | None = None
 _access_stdlib_logger = logging.getLogger("sso.access")
 
@@ -193,7 +208,7 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> N
 
     renderer: Any
     if settings.log_format == "json":
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_dump_json)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -249,7 +264,8 @@ def _find_request_id(scope: Scope) -> str:
             if _VALID_REQUEST_ID.fullmatch(value):
                 return str(value.decode("ascii"))
             break
-    return uuid.uuid4().hex
+    # 128 random bits in the form of a UUID's hex, without building a UUID object.
+    return os.urandom(16).hex()
 
 
 class RequestContextMiddleware:

@@ -47,18 +47,35 @@ def xml_error(
 
 
 async def read_limited_body(request: Request, limit: int) -> bytes:
-    """Read the body, stopping as soon as it exceeds `limit` bytes."""
+    """Read the body, stopping as soon as it exceeds `limit` bytes.
+
+    It reads the ASGI messages itself rather than through `request.stream()`, whose async
+    generator costs more than the read of a callback's one-message body.
+
+    Raises:
+        BodyTooLargeError: past `limit` bytes, declared or received.
+        ClientDisconnect: if the client left before the body was complete.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        body: bytes = message.get("body", b"")
+        size += len(body)
         if size > limit:
             raise BodyTooLargeError
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            if not chunks:
+                return body
+            chunks.append(body)
+            return b"".join(chunks)
+        chunks.append(body)
 
 
 def _content_type_accepted(request: Request) -> bool:
