@@ -25,6 +25,7 @@ from app.main import create_app
 from app.ops import get_request_id
 from app.ops.logging import REDACTED, configure_logging, log_access, log_handled_error
 from app.ops.metrics import LOCKOUTS, record_login
+from app.rum import routes
 from app.settings import Settings
 from tests.conftest import make_settings
 from tests.database import TestServer as DatabaseServer
@@ -363,6 +364,36 @@ class TestAccessLog:
         assert access[-1]["error"] == "RuntimeError"
         assert access[-1]["level"] == "error"
         assert access[-1]["route"] == "/test-explode"
+
+    async def test_unhandled_callback_error_logged(
+        self, app: FastAPI, logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def explode(*_args: object) -> None:
+            raise RuntimeError("boom in the callback")
+
+        # The caller check runs before the handler's own error handling, so the error reaches
+        # the callback layer.
+        monkeypatch.setattr(routes, "check_caller", explode)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await http.post(
+                "/rum/user-profile",
+                content=profile_request("ERID-1"),
+                headers={**basic_auth(), "X-Request-ID": "callback-fail"},
+            )
+
+        assert response.status_code == 500
+        assert "boom" not in response.text
+        assert response.headers.get_list("x-request-id") == ["callback-fail"]
+        assert response.headers["cache-control"] == "no-store"
+        records = json_lines(logs)
+        tracebacks = [line for line in records if "boom in the callback" in str(line)]
+        assert len(tracebacks) == 1
+        assert tracebacks[0]["request_id"] == "callback-fail"
+        access = [line for line in records if line["event"] == "http.request"]
+        assert access[-1]["status"] == 500
+        assert access[-1]["error"] == "RuntimeError"
+        assert access[-1]["route"] == "/rum/user-profile"
 
     async def test_client_disconnect_not_an_error(
         self, app: FastAPI, logs: io.StringIO
