@@ -106,10 +106,10 @@ async def test_connection_closed_by_server_replaced_at_checkout(pool: DriverPool
         async with pool.connection() as connection:
             pids.append(await backend_pid(connection))
 
+    # The checkout that found the closed connection opened a replacement in its place.
     assert ended not in pids
-    # The closed connection was dropped, and the other one served every checkout.
-    assert len(set(pids)) == 1
-    assert pool.stats()["open"] == 1
+    assert len(set(pids)) == 2
+    assert pool.stats()["open"] == 2
 
 
 @pytest.mark.parametrize(
@@ -185,6 +185,61 @@ async def test_old_connection_closed_on_return(shared_database_url: URL) -> None
     assert connection.is_closed()
 
 
+async def test_idle_connection_past_recycle_age_replaced_at_checkout(
+    shared_database_url: URL,
+) -> None:
+    # A firewall may end a connection that sits idle without telling either side, so one that
+    # outlived the recycle age must not serve another statement.
+    settings = make_settings(db_pool_recycle_seconds=1)
+    database = database_for(shared_database_url, create_engine(shared_database_url, settings), settings)
+    try:
+        async with database.driver_connection() as connection:
+            first = await backend_pid(connection)
+        await asyncio.sleep(1.2)
+        async with database.driver_connection() as connection:
+            second = await backend_pid(connection)
+    finally:
+        await database.dispose()
+
+    assert second != first
+
+
+async def test_dead_hand_over_keeps_the_waiters_turn(pool: DriverPool) -> None:
+    held = [await pool.acquire(), await pool.acquire()]
+    first = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(WAIT_SECONDS)
+    second = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(WAIT_SECONDS)
+
+    # Handed to the first waiter, the connection dies before that waiter runs again.
+    handed = held.pop()
+    pool.release(handed)
+    handed.terminate()
+    connection = await asyncio.wait_for(first, 1)
+
+    assert connection is not handed
+    assert not second.done()
+    pool.release(connection)
+    pool.release(await second)
+    pool.release(held.pop())
+    assert pool.stats() == {"size": 2, "open": 2, "in_use": 0, "idle": 2, "waiting": 0}
+
+
+async def test_options_in_the_url_yield_to_the_service_settings(
+    shared_database_url: URL,
+) -> None:
+    url = shared_database_url.update_query_dict(
+        {"command_timeout": "10", "statement_cache_size": "0"}
+    )
+    settings = make_settings()
+    database = database_for(url, create_engine(url, settings), settings)
+    try:
+        async with database.driver_connection() as connection:
+            assert await connection.fetchval("SELECT 1") == 1
+    finally:
+        await database.dispose()
+
+
 async def test_closed_pool_refuses_checkouts(pool: DriverPool) -> None:
     idle, held = await pool.acquire(), await pool.acquire()
     pool.release(idle)
@@ -195,8 +250,10 @@ async def test_closed_pool_refuses_checkouts(pool: DriverPool) -> None:
     await asyncio.sleep(0.2)  # a connection returned after the close closes in the background
 
     assert held.is_closed()
-    with pytest.raises(DriverPoolClosedError):
+    with pytest.raises(DriverPoolClosedError) as raised:
         await pool.acquire()
+    # A callback that races the shutdown is told to retry (503).
+    assert is_database_unavailable(raised.value)
     assert pool.stats()["open"] == 0
 
 

@@ -14,10 +14,11 @@ queue of asyncpg connections raised its rate from 2,398 to 3,480 per second.
   checkout waits behind the ones already waiting (see `app.db.pool` for why order matters);
 - a checkout waits at most `timeout` seconds and then raises `DriverPoolTimeoutError`, which
   `is_database_unavailable` counts as an outage (503);
-- a connection that the server has closed is dropped at checkout, at no round-trip cost;
+- a connection that the server has closed, or one older than `recycle` seconds, is replaced
+  at checkout, at no round-trip cost;
 - a connection whose statement was cancelled, or failed in a way that may have broken it
   (`leaves_connection_unusable`), is closed instead of returned;
-- a connection older than `recycle` seconds is closed when it comes back.
+- a connection older than `recycle` seconds is also closed when it comes back.
 
 No statement leaves a transaction open, so a returned connection needs no reset round trip.
 """
@@ -40,8 +41,12 @@ class DriverPoolTimeoutError(TimeoutError):
     """No connection became free within the pool's timeout."""
 
 
-class DriverPoolClosedError(RuntimeError):
-    """The pool was closed, because the service is stopping."""
+class DriverPoolClosedError(ConnectionError):
+    """The pool was closed, because the service is stopping.
+
+    A `ConnectionError`, so a callback that races the shutdown gets 503 and is retried, as
+    with any unreachable database (`is_database_unavailable`).
+    """
 
 
 class DriverPool:
@@ -89,37 +94,35 @@ class DriverPool:
             DriverPoolTimeoutError: if none became free within the timeout.
             DriverPoolClosedError: if the pool is closed.
         """
-        while True:
-            if self._closed:
-                raise DriverPoolClosedError("the database pool is closed")
-            if self._waiters:
-                connection = await self._wait()
-            elif self._idle:
-                # Oldest first, as SQLAlchemy's queue pool does: every connection stays in use,
-                # so one the server closed is found at its next turn.
-                connection = self._idle.popleft()
-            elif self._open < self.size:
-                self._open += 1
-                connection = None
-            else:
-                connection = await self._wait()
-            if connection is None:
-                # This checkout has a slot of `size` reserved, and opens the connection for it.
-                return await self._open_connection()
-            if connection.is_closed():
-                # The server closed it while it sat idle (a restart, `idle_session_timeout`).
-                self._forget(connection)
-                continue
-            return connection
+        if self._closed:
+            raise DriverPoolClosedError("the database pool is closed")
+        if self._waiters:
+            connection = await self._wait()
+        elif self._idle:
+            # Oldest first, as SQLAlchemy's queue pool does: every connection stays in use,
+            # so one the server closed is found at its next turn.
+            connection = self._idle.popleft()
+        elif self._open < self.size:
+            self._open += 1
+            connection = None
+        else:
+            connection = await self._wait()
+        if connection is not None and self._is_stale(connection):
+            # The server closed it while it sat idle (a restart, `idle_session_timeout`), or it
+            # outlived the recycle age, which a firewall's idle timeout may have ended silently.
+            # Its slot stays with this checkout, which opens the replacement without queueing
+            # again.
+            self._opened_at.pop(connection, None)
+            self._close_in_background(connection, broken=False)
+            connection = None
+        if connection is None:
+            # This checkout has a slot of `size` reserved, and opens the connection for it.
+            return await self._open_connection()
+        return connection
 
     def release(self, connection: Any, *, broken: bool = False) -> None:
         """Take back a connection; close it when `broken` or too old, else hand it on."""
-        if (
-            broken
-            or self._closed
-            or connection.is_closed()
-            or time.monotonic() - self._opened_at.get(connection, 0.0) > self._recycle
-        ):
+        if broken or self._closed or self._is_stale(connection):
             self._forget(connection)
             self._close_in_background(connection, broken=broken)
             return
@@ -129,6 +132,13 @@ class DriverPool:
                 waiter.set_result(connection)
                 return
         self._idle.append(connection)
+
+    def _is_stale(self, connection: Any) -> bool:
+        """Return whether `connection` is closed or older than the recycle age."""
+        return bool(
+            connection.is_closed()
+            or time.monotonic() - self._opened_at.get(connection, 0.0) > self._recycle
+        )
 
     async def close(self) -> None:
         """Close every idle connection and refuse new checkouts; busy ones close on return."""

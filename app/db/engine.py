@@ -141,7 +141,14 @@ class Database:
         _, parameters = self.engine.dialect.create_connect_args(self.url)
         for option in _SQLALCHEMY_ONLY_OPTIONS:
             parameters.pop(option, None)
-        return await asyncpg.connect(**parameters, **self.connect_args)
+        # The connect arguments win over the same options in the URL, as with SQLAlchemy's.
+        return await asyncpg.connect(**{**parameters, **self.connect_args})
+
+    def driver_pool_stats(self) -> dict[str, int]:
+        """Return the driver pool's numbers, without opening a pool that is not open."""
+        if self._driver_pool is None:
+            return {"size": self.driver_pool_size, "open": 0, "in_use": 0, "idle": 0, "waiting": 0}
+        return self._driver_pool.stats()
 
     async def close_driver_pool(self) -> None:
         """Close the driver pool's connections; a later checkout opens a new pool."""

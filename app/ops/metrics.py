@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import tempfile
 import time
@@ -46,6 +47,8 @@ from starlette.types import Scope
 
 if TYPE_CHECKING:
     from app.db.engine import Database
+
+logger = logging.getLogger(__name__)
 
 MULTIPROCESS_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -248,7 +251,7 @@ def read_pool(pool: Pool) -> dict[str, float]:
 def read_pools(database: Database) -> dict[str, float]:
     """Return the numbers of the engine's pool and of the driver pool."""
     values = read_pool(database.engine.sync_engine.pool)
-    for key, value in database.driver_pool.stats().items():
+    for key, value in database.driver_pool_stats().items():
         values[f"sso_db_driver_pool_{key}"] = float(value)
     return values
 
@@ -290,12 +293,16 @@ def _publish(values: dict[str, float]) -> None:
 
 async def _publish_driver_pool(database: Database) -> None:
     while True:
-        _publish(
-            {
-                f"sso_db_driver_pool_{key}": float(value)
-                for key, value in database.driver_pool.stats().items()
-            }
-        )
+        try:
+            _publish(
+                {
+                    f"sso_db_driver_pool_{key}": float(value)
+                    for key, value in database.driver_pool_stats().items()
+                }
+            )
+        except Exception:
+            # A full disk, say: the gauges go stale, and the next second tries again.
+            logger.warning("metrics.driver_pool_publish_failed", exc_info=True)
         await asyncio.sleep(DRIVER_POOL_PUBLISH_SECONDS)
 
 

@@ -74,6 +74,10 @@ class CallbackServer:
             scope["route"] = route
             scope["state"]["source_address"] = self.source_address(scope)
             status, error = await self._serve(scope, receive, send, accepted, request_id_header)
+        except Exception as exc:
+            # Sending failed, say; the server logs it, and the access line names it.
+            error = type(exc).__name__
+            raise
         finally:
             end_request(scope, status, started, error)
 
@@ -120,8 +124,11 @@ class CallbackServer:
                 try:
                     response = await serve_callback(request, accepted)
                 except Exception as exc:
-                    error = type(exc).__name__
                     response = await unexpected_error(request, exc)
+                    if response.status_code == 500:
+                        # As the framework's error middleware would re-raise it, a bug gets its
+                        # class on the access line; an outage answered with 503 does not.
+                        error = type(exc).__name__
                 await respond(response)
                 return response.status_code, error
         except TimeoutError:
