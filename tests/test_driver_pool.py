@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from app.db.driver_pool import DriverPool, DriverPoolClosedError, DriverPoolTimeoutError
-from app.db.engine import create_engine, database_for
+from app.db.engine import Database, create_engine, database_for
 from app.db.errors import is_database_unavailable
 from tests.conftest import make_settings
 
@@ -21,11 +22,19 @@ WAIT_SECONDS = 0.05
 @pytest.fixture
 async def pool(shared_database_url: URL) -> AsyncIterator[DriverPool]:
     """A pool of two connections that waits up to half a second."""
-    settings = make_settings(db_driver_pool_size=2, db_pool_timeout_seconds=0.5)
-    engine = create_engine(shared_database_url, settings)
-    database = database_for(shared_database_url, engine, settings)
-    try:
+    async with database_with(
+        shared_database_url, db_driver_pool_size=2, db_pool_timeout_seconds=0.5
+    ) as database:
         yield database.driver_pool
+
+
+@asynccontextmanager
+async def database_with(url: URL, **overrides: Any) -> AsyncIterator[Database]:
+    """A Database on `url` whose settings differ from the tests' by `overrides`."""
+    settings = make_settings(**overrides)
+    database = database_for(url, create_engine(url, settings), settings)
+    try:
+        yield database
     finally:
         await database.dispose()
 
@@ -119,9 +128,7 @@ async def test_connection_closed_by_server_replaced_at_checkout(pool: DriverPool
 async def test_connection_after_error(
     shared_database_url: URL, error: Exception, replaced: bool
 ) -> None:
-    settings = make_settings(db_driver_pool_size=1)
-    database = database_for(shared_database_url, create_engine(shared_database_url, settings), settings)
-    try:
+    async with database_with(shared_database_url, db_driver_pool_size=1) as database:
         async with database.driver_connection() as connection:
             first = await backend_pid(connection)
         with pytest.raises(type(error)):
@@ -129,8 +136,6 @@ async def test_connection_after_error(
                 raise error
         async with database.driver_connection() as connection:
             after = await backend_pid(connection)
-    finally:
-        await database.dispose()
 
     assert (after != first) is replaced
 
@@ -169,17 +174,13 @@ async def test_cancelled_after_hand_over_passes_connection_on(pool: DriverPool) 
 
 
 async def test_old_connection_closed_on_return(shared_database_url: URL) -> None:
-    settings = make_settings(db_pool_recycle_seconds=0)
-    database = database_for(shared_database_url, create_engine(shared_database_url, settings), settings)
-    try:
+    async with database_with(shared_database_url, db_pool_recycle_seconds=0) as database:
         async with database.driver_connection() as connection:
             first = await backend_pid(connection)
             await asyncio.sleep(WAIT_SECONDS)
         async with database.driver_connection() as replacement:
             second = await backend_pid(replacement)
         await asyncio.sleep(0.2)  # the old connection closes in the background
-    finally:
-        await database.dispose()
 
     assert second != first
     assert connection.is_closed()
@@ -190,16 +191,12 @@ async def test_idle_connection_past_recycle_age_replaced_at_checkout(
 ) -> None:
     # A firewall may end a connection that sits idle without telling either side, so one that
     # outlived the recycle age must not serve another statement.
-    settings = make_settings(db_pool_recycle_seconds=1)
-    database = database_for(shared_database_url, create_engine(shared_database_url, settings), settings)
-    try:
+    async with database_with(shared_database_url, db_pool_recycle_seconds=1) as database:
         async with database.driver_connection() as connection:
             first = await backend_pid(connection)
         await asyncio.sleep(1.2)
         async with database.driver_connection() as connection:
             second = await backend_pid(connection)
-    finally:
-        await database.dispose()
 
     assert second != first
 
@@ -231,13 +228,8 @@ async def test_options_in_the_url_yield_to_the_service_settings(
     url = shared_database_url.update_query_dict(
         {"command_timeout": "10", "statement_cache_size": "0"}
     )
-    settings = make_settings()
-    database = database_for(url, create_engine(url, settings), settings)
-    try:
-        async with database.driver_connection() as connection:
-            assert await connection.fetchval("SELECT 1") == 1
-    finally:
-        await database.dispose()
+    async with database_with(url) as database, database.driver_connection() as connection:
+        assert await connection.fetchval("SELECT 1") == 1
 
 
 async def test_closed_pool_refuses_checkouts(pool: DriverPool) -> None:

@@ -4,11 +4,12 @@ A POST to one of the exact callback paths is served here, outside FastAPI's and 
 middleware, routing and error handling, where each layer wraps `send` once more or builds its
 own request object. Serving the callbacks here raised the profile fetch rate from about 1,900
 to 2,400 per second in `bench/run.sh --workers 1`. This layer gives a callback everything those
-layers give it, through the same functions: the request id, the access line and the metrics
-(`app.ops.logging`), the source address (`app.security.proxy`), the header size limit and the
-time limit (`app.security.limits`), the security headers (`app.security.headers`) and the
-response to an unexpected error (`app.problems`). Every other request goes to the app
-unchanged, and the OpenAPI document still describes the callback routes.
+layers give it, through the same functions. The request id, the access line and the metrics
+come from `app.ops.logging`, the source address from `app.security.proxy`, and the header size
+limit and the time limit from `app.security.limits`. The security headers come from
+`app.security.headers`, and the response to an unexpected error from `app.problems`. Every
+other request goes to the app unchanged, and the OpenAPI document still describes the callback
+routes.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class CallbackServer:
             scope["state"]["source_address"] = self.source_address(scope)
             status, error = await self._serve(scope, receive, send, accepted, request_id_header)
         except Exception as exc:
-            # Sending failed, say; the server logs it, and the access line names it.
+            # Sending failed, for example; the server logs it, and the access line names it.
             error = type(exc).__name__
             raise
         finally:
@@ -126,8 +127,8 @@ class CallbackServer:
                 except Exception as exc:
                     response = await unexpected_error(request, exc)
                     if response.status_code == 500:
-                        # As the framework's error middleware would re-raise it, a bug gets its
-                        # class on the access line; an outage answered with 503 does not.
+                        # The framework's error middleware re-raised such an error, so a bug gets
+                        # its class on the access line; an outage that gets a 503 does not.
                         error = type(exc).__name__
                 await respond(response)
                 return response.status_code, error
