@@ -4,6 +4,8 @@
 Alembic, asyncpg) through one handler that renders JSON lines, so library messages are JSON too.
 `RequestContextMiddleware` gives each HTTP request an id, returns it in `X-Request-ID`, binds it
 to the logging context, writes one access line per request and records the request metrics.
+It does so through `begin_request` and `end_request`, which the callback layer (`app.rum.asgi`)
+calls too.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Header size is bounded first by the HTTP server: under `sso-provider serve`, uvi
 closes the connection once it has buffered SSO_MAX_HEADER_BYTES of a head that is still
 incomplete (with a 431 from httptools, the default, or a 400 from h11). A head that arrives
 whole in one read reaches the app, and `RequestLimitsMiddleware` rejects it with a 431, as it
-does behind any other server.
+does behind any other server. The callbacks are served ahead of this middleware, by
+`app.rum.asgi`, which applies the same header and time limits through the functions here.
 
 The time limit covers reading the body too, so a client that sends its body slowly gets a 408
 and one whose request takes too long to serve gets a 503 with `Retry-After`. Errors under /rum

@@ -1,7 +1,8 @@
 """Find each request's source address, honouring a forwarding header only from trusted proxies.
 
-`SourceAddressMiddleware` stores the address on `request.state.source_address`, where the
-callback authentication, the throttle and the login events read it. The header named by
+`SourceAddressMiddleware`, and for the callbacks `app.rum.asgi`, store the address on
+`request.state.source_address`, where the callback authentication, the throttle and the login
+events read it. The header named by
 `SSO_CLIENT_ADDRESS_HEADER` (X-Forwarded-For by default) is read only when the socket peer is
 inside `SSO_TRUSTED_PROXIES`, which is empty by default, so a client can never choose its
 own address by sending the header.
