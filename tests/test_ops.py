@@ -23,7 +23,14 @@ from app.db.migrate import head_revision
 from app.identity.passwords import PasswordHasher
 from app.main import create_app
 from app.ops import get_request_id
-from app.ops.logging import REDACTED, configure_logging, log_access, log_handled_error
+from app.ops.logging import (
+    REDACTED,
+    configure_logging,
+    log_access,
+    log_handled_error,
+    reset_request_id,
+    set_request_id,
+)
 from app.ops.metrics import LOCKOUTS, record_login
 from app.rum import routes
 from app.settings import Settings
@@ -256,7 +263,7 @@ class TestAccessLog:
 
         configure_logging(make_settings(log_format=log_format, log_level="info"), stream=stream)
         logging.setLogRecordFactory(counting_factory)
-        token = structlog.contextvars.bind_contextvars(request_id="req-direct")
+        token = set_request_id("req-direct")
         try:
             for handler in others:
                 root.removeHandler(handler)
@@ -270,7 +277,7 @@ class TestAccessLog:
             root.removeHandler(extra)
             log_access(logging.DEBUG, {**fields, "duration_ms": 1.5})
         finally:
-            structlog.contextvars.reset_contextvars(**token)
+            reset_request_id(token)
             logging.setLogRecordFactory(make_record)
             for handler in others:
                 root.addHandler(handler)
@@ -318,7 +325,6 @@ class TestAccessLog:
         assert records[-1]["level"] == "warning"
 
     async def test_secret_fields_redacted(self, logs: io.StringIO) -> None:
-        import structlog
 
         structlog.get_logger("test").info(
             "checked", password="hunter2-hunter2", api_key="k-123456", session_token="t-98765"

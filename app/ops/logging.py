@@ -2,8 +2,9 @@
 
 `configure_logging` sends structlog events and every stdlib logger (uvicorn, SQLAlchemy,
 Alembic, asyncpg) through one handler that renders JSON lines, so library messages are JSON too.
-`RequestContextMiddleware` gives each HTTP request an id, returns it in `X-Request-ID`, binds it
-to the logging context, writes one access line per request and records the request metrics.
+`RequestContextMiddleware` gives each HTTP request an id, returns it in `X-Request-ID`, sets it
+in a context variable that `add_request_id` adds to every line, writes one access line per
+request and records the request metrics.
 It does so through `begin_request` and `end_request`, which the callback layer (`app.rum.asgi`)
 calls too.
 """
@@ -17,7 +18,7 @@ import os
 import re
 import sys
 import time
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import IO, Any, Final
 
 import structlog
@@ -54,6 +55,30 @@ error_logger = structlog.get_logger("sso.errors")
 def get_request_id() -> str | None:
     """Return the id of the HTTP request being served, or None outside a request."""
     return _request_id.get()
+
+
+def set_request_id(request_id: str | None) -> Token[str | None]:
+    """Make `request_id` the id that log lines in this context carry, until `reset_request_id`."""
+    return _request_id.set(request_id)
+
+
+def reset_request_id(token: Token[str | None]) -> None:
+    _request_id.reset(token)
+
+
+def add_request_id(
+    _logger: object, _method_name: str, event_dict: dict[str, Any]
+) -> dict[str, Any]:
+    """Add the id of the request being served, if any, unless the line names its own.
+
+    Read from the context variable that `begin_request` sets. It replaces structlog's
+    `merge_contextvars`, which walks every context variable of the task for each line; the
+    service binds no other context to its log lines.
+    """
+    request_id = _request_id.get()
+    if request_id is not None:
+        event_dict.setdefault("request_id", request_id)
+    return event_dict
 
 
 @functools.lru_cache(maxsize=1024)
@@ -191,7 +216,7 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> N
     test runner added to the root logger keep working.
     """
     shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
@@ -312,14 +337,13 @@ class RequestContextMiddleware:
 def begin_request(scope: Scope) -> tuple[bytes, bytes]:
     """Give an HTTP request its id and count it in progress; return the `X-Request-ID` header.
 
-    The id goes on `scope["state"]`, in the context variable and in structlog's context. It
-    stays bound after the request: each request runs in its own task, whose context ends with
-    it, and an error handler outside the middleware still logs it.
+    The id goes on `scope["state"]` and in the context variable that log lines read. It stays
+    set after the request: each request runs in its own task, whose context ends with it, and
+    an error handler outside the middleware still logs it.
     """
     request_id = _find_request_id(scope)
     scope.setdefault("state", {})["request_id"] = request_id
     _request_id.set(request_id)
-    structlog.contextvars.bind_contextvars(request_id=request_id)
     REQUESTS_IN_PROGRESS.inc()
     return (_REQUEST_ID_HEADER_BYTES, request_id.encode("ascii"))
 
