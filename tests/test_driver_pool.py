@@ -44,7 +44,7 @@ async def backend_pid(connection: Any) -> int:
     return pid
 
 
-async def test_connections_carry_the_service_settings(pool: DriverPool) -> None:
+async def test_connections_carry_service_settings(pool: DriverPool) -> None:
     async with pool.connection() as connection:
         application = await connection.fetchval("SHOW application_name")
         statement_timeout = await connection.fetchval("SHOW statement_timeout")
@@ -67,7 +67,7 @@ async def test_opens_at_most_size_connections(pool: DriverPool) -> None:
 
 async def test_waiter_served_before_newcomer(pool: DriverPool) -> None:
     order: list[str] = []
-    held = [await pool.acquire(), await pool.acquire()]
+    checked_out = [await pool.acquire(), await pool.acquire()]
 
     async def waiting() -> None:
         async with pool.connection():
@@ -76,33 +76,33 @@ async def test_waiter_served_before_newcomer(pool: DriverPool) -> None:
     task = asyncio.create_task(waiting())
     await asyncio.sleep(WAIT_SECONDS)
     assert pool.stats()["waiting"] == 1
-    pool.release(held.pop())
+    pool.release(checked_out.pop())
     # A new checkout arrives before the waiting task has run, and must queue behind it.
     async with pool.connection():
         order.append("newcomer")
     await task
-    pool.release(held.pop())
+    pool.release(checked_out.pop())
 
     assert order == ["waiting", "newcomer"]
 
 
 async def test_checkout_gives_up_after_timeout(pool: DriverPool) -> None:
-    held = [await pool.acquire(), await pool.acquire()]
+    checked_out = [await pool.acquire(), await pool.acquire()]
     try:
         with pytest.raises(DriverPoolTimeoutError) as raised:
             await pool.acquire()
     finally:
-        for connection in held:
+        for connection in checked_out:
             pool.release(connection)
 
     assert is_database_unavailable(raised.value)
     assert pool.stats()["waiting"] == 0
-    # The queue holds no stale waiter: the next checkout gets an idle connection at once.
+    # No expired waiter is left in the queue, so the next checkout gets an idle connection at once.
     async with asyncio.timeout(0.1), pool.connection() as connection:
         assert await connection.fetchval("SELECT 1") == 1
 
 
-async def test_connection_closed_by_server_replaced_at_checkout(pool: DriverPool) -> None:
+async def test_server_closed_connection_replaced(pool: DriverPool) -> None:
     doomed, other = await pool.acquire(), await pool.acquire()
     ended = await backend_pid(doomed)
     pool.release(doomed)
@@ -140,7 +140,7 @@ async def test_connection_after_error(
     assert (after != first) is replaced
 
 
-async def test_cancelled_statement_closes_its_connection(pool: DriverPool) -> None:
+async def test_cancelled_statement_closes_connection(pool: DriverPool) -> None:
     async def sleeper() -> None:
         async with pool.connection() as connection:
             await connection.execute("SELECT pg_sleep(5)")
@@ -156,18 +156,18 @@ async def test_cancelled_statement_closes_its_connection(pool: DriverPool) -> No
         assert await connection.fetchval("SELECT 1") == 1
 
 
-async def test_cancelled_after_hand_over_passes_connection_on(pool: DriverPool) -> None:
-    held = [await pool.acquire(), await pool.acquire()]
+async def test_cancelled_waiter_passes_connection_on(pool: DriverPool) -> None:
+    checked_out = [await pool.acquire(), await pool.acquire()]
     first = asyncio.create_task(pool.acquire())
     second = asyncio.create_task(pool.acquire())
     await asyncio.sleep(WAIT_SECONDS)
 
     # The first waiter is handed a connection and cancelled before it runs again.
-    pool.release(held.pop())
+    pool.release(checked_out.pop())
     first.cancel()
     connection = await second
     pool.release(connection)
-    pool.release(held.pop())
+    pool.release(checked_out.pop())
 
     assert first.cancelled()
     assert pool.stats() == {"size": 2, "open": 2, "in_use": 0, "idle": 2, "waiting": 0}
@@ -186,7 +186,7 @@ async def test_old_connection_closed_on_return(shared_database_url: URL) -> None
     assert connection.is_closed()
 
 
-async def test_idle_connection_past_recycle_age_replaced_at_checkout(
+async def test_over_age_idle_connection_replaced(
     shared_database_url: URL,
 ) -> None:
     # A firewall may end a connection that sits idle without telling either side, so one that
@@ -201,15 +201,15 @@ async def test_idle_connection_past_recycle_age_replaced_at_checkout(
     assert second != first
 
 
-async def test_dead_hand_over_keeps_the_waiters_turn(pool: DriverPool) -> None:
-    held = [await pool.acquire(), await pool.acquire()]
+async def test_dead_hand_over_keeps_turn(pool: DriverPool) -> None:
+    checked_out = [await pool.acquire(), await pool.acquire()]
     first = asyncio.create_task(pool.acquire())
     await asyncio.sleep(WAIT_SECONDS)
     second = asyncio.create_task(pool.acquire())
     await asyncio.sleep(WAIT_SECONDS)
 
     # Handed to the first waiter, the connection dies before that waiter runs again.
-    handed = held.pop()
+    handed = checked_out.pop()
     pool.release(handed)
     handed.terminate()
     connection = await asyncio.wait_for(first, 1)
@@ -218,11 +218,11 @@ async def test_dead_hand_over_keeps_the_waiters_turn(pool: DriverPool) -> None:
     assert not second.done()
     pool.release(connection)
     pool.release(await second)
-    pool.release(held.pop())
+    pool.release(checked_out.pop())
     assert pool.stats() == {"size": 2, "open": 2, "in_use": 0, "idle": 2, "waiting": 0}
 
 
-async def test_options_in_the_url_yield_to_the_service_settings(
+async def test_url_options_yield_to_settings(
     shared_database_url: URL,
 ) -> None:
     url = shared_database_url.update_query_dict(
@@ -232,30 +232,30 @@ async def test_options_in_the_url_yield_to_the_service_settings(
         assert await connection.fetchval("SELECT 1") == 1
 
 
-async def test_closed_pool_refuses_checkouts(pool: DriverPool) -> None:
-    idle, held = await pool.acquire(), await pool.acquire()
+async def test_closed_pool_rejects_checkouts(pool: DriverPool) -> None:
+    idle, checked_out = await pool.acquire(), await pool.acquire()
     pool.release(idle)
 
     await pool.close()
     assert idle.is_closed()
-    pool.release(held)
+    pool.release(checked_out)
     await asyncio.sleep(0.2)  # a connection returned after the close closes in the background
 
-    assert held.is_closed()
+    assert checked_out.is_closed()
     with pytest.raises(DriverPoolClosedError) as raised:
         await pool.acquire()
-    # A callback that races the shutdown is told to retry (503).
+    # A callback that races the shutdown gets a 503, which Digital River retries.
     assert is_database_unavailable(raised.value)
     assert pool.stats()["open"] == 0
 
 
 async def test_close_fails_waiting_checkouts(pool: DriverPool) -> None:
-    held = [await pool.acquire(), await pool.acquire()]
+    checked_out = [await pool.acquire(), await pool.acquire()]
     waiters = [asyncio.create_task(pool.acquire()) for _ in range(2)]
     await asyncio.sleep(WAIT_SECONDS)
 
     await pool.close()
-    for connection in held:
+    for connection in checked_out:
         pool.release(connection)
 
     for task in waiters:
@@ -263,15 +263,15 @@ async def test_close_fails_waiting_checkouts(pool: DriverPool) -> None:
             await task
 
 
-async def test_failed_connect_frees_its_slot() -> None:
+async def test_failed_connect_frees_slot() -> None:
     attempts = 0
 
-    async def refuse() -> Any:
+    async def fail_to_connect() -> Any:
         nonlocal attempts
         attempts += 1
         raise ConnectionRefusedError("nothing listens")
 
-    pool = DriverPool(refuse, size=1, timeout=0.5, recycle=-1)
+    pool = DriverPool(fail_to_connect, size=1, timeout=0.5, recycle=-1)
     for _ in range(2):
         with pytest.raises(ConnectionRefusedError):
             await pool.acquire()
@@ -280,7 +280,7 @@ async def test_failed_connect_frees_its_slot() -> None:
     assert pool.stats()["open"] == 0
 
 
-async def test_rejects_empty_pool() -> None:
+async def test_size_zero_rejected() -> None:
     async def connect() -> asyncpg.Connection:
         raise AssertionError("never called")
 

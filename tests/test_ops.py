@@ -71,7 +71,7 @@ async def scrape(client: httpx.AsyncClient) -> str:
     return response.text
 
 
-async def test_startup_objects_left_out_of_garbage_collection(
+async def test_startup_objects_frozen(
     settings: Settings, shared_database_url: URL, shared_engine: AsyncEngine
 ) -> None:
     application = create_app(

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.db.errors import leaves_connection_unusable
+
+logger = logging.getLogger(__name__)
 
 Connect = Callable[[], Awaitable[Any]]
 
@@ -50,7 +53,7 @@ class DriverPoolClosedError(ConnectionError):
 
 
 class DriverPool:
-    """Fair pool of asyncpg connections; use `connection()` to check one out."""
+    """Fair pool of asyncpg connections, checked out with `connection()`."""
 
     def __init__(self, connect: Connect, *, size: int, timeout: float, recycle: float) -> None:
         if size < 1:
@@ -121,7 +124,7 @@ class DriverPool:
         return connection
 
     def release(self, connection: Any, *, broken: bool = False) -> None:
-        """Take back a connection; close it when `broken` or too old, else hand it on."""
+        """Take back a connection: close it when `broken` or stale, else pass it to a checkout."""
         if broken or self._closed or self._is_stale(connection):
             self._forget(connection)
             self._close_in_background(connection, broken=broken)
@@ -141,7 +144,7 @@ class DriverPool:
         )
 
     async def close(self) -> None:
-        """Close every idle connection and refuse new checkouts; busy ones close on return."""
+        """Close every idle connection and reject new checkouts. Busy ones close when returned."""
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -173,7 +176,7 @@ class DriverPool:
                 self._pass_on(waiter.result())
             else:
                 waiter.cancel()
-                # A hand-over may already have dropped it; otherwise it must not hold the line.
+                # A hand-over may already have removed it. Otherwise it would block later checkouts.
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(entry)
             raise
@@ -267,6 +270,7 @@ class Checkout:
 async def _close_quietly(connection: Any) -> None:
     try:
         await connection.close(timeout=5)
-    except Exception:
-        # It is going away either way; terminate drops what the graceful close left.
+    except Exception as error:
+        # The connection is going away in any case, so terminate drops what the close left.
+        logger.warning("db.driver_connection_close_failed error=%s", type(error).__name__)
         connection.terminate()

@@ -248,12 +248,17 @@ def read_pool(pool: Pool) -> dict[str, float]:
     return values
 
 
+def read_driver_pool(database: Database) -> dict[str, float]:
+    """Return the driver pool's numbers under their metric names."""
+    return {
+        f"sso_db_driver_pool_{key}": float(value)
+        for key, value in database.driver_pool_stats().items()
+    }
+
+
 def read_pools(database: Database) -> dict[str, float]:
     """Return the numbers of the engine's pool and of the driver pool."""
-    values = read_pool(database.engine.sync_engine.pool)
-    for key, value in database.driver_pool_stats().items():
-        values[f"sso_db_driver_pool_{key}"] = float(value)
-    return values
+    return {**read_pool(database.engine.sync_engine.pool), **read_driver_pool(database)}
 
 
 class PoolCollector(Collector):
@@ -294,14 +299,9 @@ def _publish(values: dict[str, float]) -> None:
 async def _publish_driver_pool(database: Database) -> None:
     while True:
         try:
-            _publish(
-                {
-                    f"sso_db_driver_pool_{key}": float(value)
-                    for key, value in database.driver_pool_stats().items()
-                }
-            )
+            _publish(read_driver_pool(database))
         except Exception:
-            # A full disk, say: the gauges go stale, and the next second tries again.
+            # A full disk, for example. The gauges go stale until the next second's attempt.
             logger.warning("metrics.driver_pool_publish_failed", exc_info=True)
         await asyncio.sleep(DRIVER_POOL_PUBLISH_SECONDS)
 

@@ -127,8 +127,8 @@ class CallbackServer:
                 except Exception as exc:
                     response = await unexpected_error(request, exc)
                     if response.status_code == 500:
-                        # The framework's error middleware re-raised such an error, so a bug gets
-                        # its class on the access line; an outage that gets a 503 does not.
+                        # As with the framework's error middleware, a bug gets its class on the
+                        # access line. An outage that gets a 503 does not.
                         error = type(exc).__name__
                 await respond(response)
                 return response.status_code, error

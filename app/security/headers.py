@@ -46,7 +46,7 @@ COMMON_HEADERS: Final = (
     (b"x-frame-options", b"DENY"),
 )
 _API_POLICY_BYTES: Final = API_POLICY.encode("ascii")
-# What an API response that sets none of these headers itself gets.
+# The headers an API response gets when it sets none of them itself.
 API_RESPONSE_HEADERS: Final = (
     *COMMON_HEADERS,
     (b"content-security-policy", _API_POLICY_BYTES),
