@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import gc
 import io
 import json
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -23,13 +27,16 @@ from app.db.migrate import head_revision
 from app.identity.passwords import PasswordHasher
 from app.main import create_app
 from app.ops import get_request_id
+from app.ops import logging as ops_logging
 from app.ops.logging import (
     REDACTED,
     configure_logging,
     log_access,
     log_handled_error,
+    render_access_json,
     reset_request_id,
     set_request_id,
+    utc_timestamp,
 )
 from app.ops.metrics import LOCKOUTS, record_login
 from app.rum import routes
@@ -39,6 +46,15 @@ from tests.database import TestServer as DatabaseServer
 from tests.factories import DEFAULT_PASSWORD, make_user
 from tests.ops_helpers import json_lines, metric_value, service_log_text
 from tests.rum_messages import basic_auth, login_request, profile_request
+
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
+
+
+def own_handler() -> logging.Handler:
+    """The root handler that `configure_logging` installed."""
+    direct = ops_logging._direct_lines
+    assert direct is not None
+    return direct.handler
 
 
 @pytest.fixture
@@ -295,6 +311,123 @@ class TestAccessLog:
         else:
             # Console lines start with the timestamp.
             assert direct.split(" ", 1)[1] == routed.split(" ", 1)[1]
+
+    @pytest.mark.parametrize(
+        "event",
+        [
+            {"method": "POST", "route": "/rum/user-profile", "status": 200, "duration_ms": 0.43},
+            {
+                "method": "GET",
+                "route": "/admin/v1/users/{user_key}",
+                "status": 500,
+                "duration_ms": 12.0,
+                "error": "RuntimeError",
+            },
+            {"method": 'PR\u00e9"\\', "route": "unmatched", "status": 404, "duration_ms": 1},
+            {"method": "POST", "route": "/rum", "status": 200, "duration_ms": 1e-05},
+        ],
+    )
+    @pytest.mark.parametrize("request_id", ["req-1", None])
+    @pytest.mark.parametrize("level", ["info", "error"])
+    def test_access_json_matches_processors(
+        self, event: dict[str, object], request_id: str | None, level: str
+    ) -> None:
+        """The access line's own JSON rendering writes what structlog's processors would."""
+        configure_logging(make_settings(log_format="json", log_level="info"), stream=io.StringIO())
+        token = set_request_id(request_id)
+        try:
+            direct = ops_logging._direct_lines
+            assert direct is not None
+            logger = logging.getLogger("sso.access")
+            fast = render_access_json("sso.access", level, {**event, "event": "http.request"})
+            rendered: Any = {**event, "event": "http.request"}
+            for processor in direct.processors:
+                rendered = processor(logger, level, rendered)
+            expected = direct.renderer(logger, level, rendered)
+        finally:
+            reset_request_id(token)
+            configure_logging(make_settings())
+        assert fast is not None
+        fast_stamp = json.loads(fast)["timestamp"]
+        assert TIMESTAMP.fullmatch(fast_stamp)
+        assert fast.replace(fast_stamp, json.loads(expected)["timestamp"]) == expected
+
+    @pytest.mark.parametrize(
+        "event",
+        [
+            {"method": "POST", "password": "hunter2", "event": "http.request"},
+            {"method": "POST", "status": True, "event": "http.request"},
+            {"method": "POST", "duration_ms": float("nan"), "event": "http.request"},
+            {"method": "POST", "route": ["/rum"], "event": "http.request"},
+        ],
+    )
+    def test_access_json_declines_other_events(self, event: dict[str, object]) -> None:
+        # Other keys may name secrets, and other values need the JSON renderer's own rules.
+        assert render_access_json("sso.access", "info", event) is None
+
+    @pytest.mark.parametrize(
+        ("nanoseconds", "expected"),
+        [
+            (1_764_921_600_000_000_000, "2025-12-05T08:00:00Z"),
+            (1_764_921_600_123_456_789, "2025-12-05T08:00:00.123456Z"),
+            (1_764_921_601_000_999_999, "2025-12-05T08:00:01.000999Z"),
+        ],
+    )
+    def test_utc_timestamp_as_structlog_writes_it(
+        self, monkeypatch: pytest.MonkeyPatch, nanoseconds: int, expected: str
+    ) -> None:
+        monkeypatch.setattr(ops_logging.time, "time_ns", lambda: nanoseconds)
+        assert utc_timestamp() == expected
+        moment = datetime.datetime.fromtimestamp(nanoseconds // 1000 / 1e6, datetime.UTC)
+        assert expected == moment.isoformat().replace("+00:00", "Z")
+
+    async def test_access_lines_batched_until_loop_pass_ends(self) -> None:
+        stream = io.StringIO()
+        configure_logging(
+            make_settings(log_format="json", log_level="info"),
+            stream=stream,
+            batch_access_lines=True,
+        )
+        root = logging.getLogger()
+        others = [h for h in root.handlers if h is not own_handler()]
+        try:
+            for handler in others:
+                root.removeHandler(handler)
+            fields = {"method": "POST", "route": "/rum/user-profile", "status": 200}
+            log_access(logging.INFO, {**fields, "duration_ms": 1.0})
+            log_access(logging.INFO, {**fields, "duration_ms": 2.0})
+            assert stream.getvalue() == ""
+            await asyncio.sleep(0)
+            first_pass = [line["duration_ms"] for line in json_lines(stream)]
+            # A line written at once sends the waiting access lines out ahead of it.
+            log_access(logging.INFO, {**fields, "duration_ms": 3.0})
+            logging.getLogger("some.library").warning("after the access line")
+            in_order = [line.get("duration_ms", line["event"]) for line in json_lines(stream)]
+            # From a thread without an event loop, an access line is written at once.
+            await asyncio.to_thread(log_access, logging.INFO, {**fields, "duration_ms": 4.0})
+            threaded = json_lines(stream)[-1]["duration_ms"]
+            log_access(logging.INFO, {**fields, "duration_ms": 5.0})
+            # The logging module flushes every handler at exit.
+            own_handler().flush()
+            flushed = json_lines(stream)[-1]["duration_ms"]
+        finally:
+            for handler in others:
+                root.addHandler(handler)
+            configure_logging(make_settings())
+        assert first_pass == [1.0, 2.0]
+        assert in_order == [1.0, 2.0, 3.0, "after the access line"]
+        assert threaded == 4.0
+        assert flushed == 5.0
+
+    async def test_access_lines_unbatched_for_own_stream(self) -> None:
+        stream = io.StringIO()
+        configure_logging(make_settings(log_format="json", log_level="info"), stream=stream)
+        try:
+            log_access(logging.INFO, {"method": "GET", "route": "/healthz", "status": 200})
+            written = stream.getvalue()
+        finally:
+            configure_logging(make_settings())
+        assert '"route": "/healthz"' in written
 
     def test_direct_line_write_failure_contained(self) -> None:
         class BrokenStream(io.StringIO):
