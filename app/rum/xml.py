@@ -9,12 +9,15 @@ response in the shape DR publishes. It does no I/O.
 Parsing rejects DTDs, entity declarations and external references, caps element depth and count
 while parsing, and checks the byte encoding before expat sees the document. Every rejection is an
 ``XMLRequestError`` whose ``code`` the HTTP layer can return in a 400 body made by ``render_error``.
+``parse_request`` hands a small ASCII request without any of that markup to lxml first, which
+costs less, and keeps lxml's tree only when lxml found no error or warning in it.
 """
 
 from __future__ import annotations
 
 import codecs
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pyexpat import (
@@ -24,8 +27,10 @@ from pyexpat import (
     ParserCreate,
     XMLParserType,
 )
-from typing import Final, NoReturn, TypeAlias
+from typing import Any, Final, NoReturn, TypeAlias, cast
 from xml.etree.ElementTree import Element, TreeBuilder
+
+from lxml import etree as lxml_etree
 
 RUM_NAMESPACE: Final = "http://integration.digitalriver.com/RemoteUserManagement/1.0"
 COMMON_NAMESPACE: Final = "http://integration.digitalriver.com/Common/1.0"
@@ -388,12 +393,22 @@ def parse_document(
             too_many_elements or text_too_long.
         ValueError: if a limit is less than 1.
     """
+    _check_limit_arguments(max_depth, max_elements)
+    return _parse_checked(_to_utf8(body), max_depth, max_elements, max_text_length)
+
+
+def _check_limit_arguments(max_depth: int, max_elements: int) -> None:
     if max_depth < 1 or max_elements < 1:
         raise ValueError(
             f"max_depth and max_elements must be at least 1, got {max_depth} and {max_elements}"
         )
 
-    data = memoryview(_to_utf8(body))
+
+def _parse_checked(
+    document: bytes, max_depth: int, max_elements: int, max_text_length: int | None
+) -> Element:
+    """Parse UTF-8 `document` on expat with every check, raising `XMLRequestError` on failure."""
+    data = memoryview(document)
     target = _LimitedTreeBuilder(max_depth, max_elements, max_text_length)
     parser = _hardened_parser(target)
     try:
@@ -426,6 +441,73 @@ def parse_document(
             "Entity declarations and external references are not allowed.",
         ) from None
     return root
+
+
+# lxml's parser, one per thread because an lxml parser must not be shared between threads.
+_plain_parsers = threading.local()
+
+
+def _is_plain(
+    document: bytes, max_depth: int, max_elements: int, max_text_length: int | None
+) -> bool:
+    """Return whether `document` is plain enough for `_parse_plain` to decide it alone.
+
+    Plain means ASCII, with no markup that starts with `<!` (DOCTYPE, comment, CDATA) and no
+    processing instruction after the XML declaration, and unable to cross a parse limit. Every
+    element needs a start tag, whose `<` is not that of an end tag (`</`), and no element can
+    come from an entity without a DTD. So the count of such `<` bounds both the elements and
+    the depth, and the document's length bounds the characters of each text node.
+    """
+    if not document.isascii() or b"<!" in document or document.find(b"<?", 1) >= 0:
+        return False
+    if max_text_length is not None and len(document) > max_text_length:
+        return False
+    start_tags = document.count(b"<") - document.count(b"</")
+    return start_tags <= max_depth and start_tags <= max_elements
+
+
+def _plain_parser() -> Any:
+    parser = getattr(_plain_parsers, "parser", None)
+    if parser is None:
+        # The DTD, entity and network switches are redundant for a plain document, which has
+        # no DOCTYPE; they are set all the same.
+        parser = lxml_etree.XMLParser(
+            encoding=_UTF8,
+            resolve_entities=False,
+            load_dtd=False,
+            no_network=True,
+            huge_tree=False,
+            collect_ids=False,
+        )
+        _plain_parsers.parser = parser
+    return parser
+
+
+def _parse_plain(
+    document: bytes, max_depth: int, max_elements: int, max_text_length: int | None
+) -> Element | None:
+    """Parse a plain UTF-8 `document` with lxml, or return None to leave it to `_parse_checked`.
+
+    A profile request took 5.9 µs in lxml against 18.5 µs on expat with a Python handler per
+    event (timeit), and the expat parse had about a fifth of the worker's CPU samples (py-spy)
+    while uvicorn served profile fetches. lxml's tree is used only when lxml parsed the
+    document without any error or warning. Anything else, such as a document that is not
+    well-formed, goes to the checked parse, which writes the error returned to the caller, so
+    the two parsers never give different errors. A test compares both parsers on mutated
+    requests.
+    The request readers use only what both trees offer: `tag`, `text`, `get`, `len`,
+    iteration and `itertext`.
+    """
+    if not _is_plain(document, max_depth, max_elements, max_text_length):
+        return None
+    parser = _plain_parser()
+    try:
+        root = lxml_etree.fromstring(document, parser)
+    except lxml_etree.XMLSyntaxError:
+        return None
+    if parser.error_log:
+        return None
+    return cast(Element, root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -764,9 +846,11 @@ def parse_request(
         XMLRequestError: for every error ``parse_document`` raises, and with code
             unknown_root or missing_field.
     """
-    root = parse_document(
-        body, max_depth=max_depth, max_elements=max_elements, max_text_length=max_text_length
-    )
+    _check_limit_arguments(max_depth, max_elements)
+    document = _to_utf8(body)
+    root = _parse_plain(document, max_depth, max_elements, max_text_length)
+    if root is None:
+        root = _parse_checked(document, max_depth, max_elements, max_text_length)
     reader = _REQUEST_READERS.get(root.tag)
     if reader is None:
         expected = ", ".join(sorted({_local_name(tag) for tag in _REQUEST_READERS}))
