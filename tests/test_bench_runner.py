@@ -41,10 +41,31 @@ def test_subset_keeps_canonical_order(runner: ModuleType) -> None:
 
 @pytest.mark.parametrize(
     "arguments",
-    [["--scenarios", "raw,warp"], ["--env", "NO_EQUALS_SIGN"], ["--seconds", "0"]],
+    [
+        ["--scenarios", "raw,warp"],
+        ["--env", "NO_EQUALS_SIGN"],
+        ["--seconds", "0"],
+        ["--rounds", "0"],
+    ],
 )
 def test_bad_arguments_rejected(runner: ModuleType, arguments: list[str]) -> None:
     with pytest.raises(SystemExit) as raised:
         runner.parse_args(arguments)
 
     assert raised.value.code == 2
+
+
+def test_profile_and_floor_ratio_by_round(runner: ModuleType) -> None:
+    def run(rate: float, p99: float, failures: int = 0) -> dict[str, object]:
+        return {"requests_per_second": rate, "failures": failures, "latency_ms": {"p99": p99}}
+
+    profile = runner.combine_rounds([run(3000.0, 9.0), run(3300.0, 12.0, failures=2)])
+    floor = runner.combine_rounds([run(6000.0, 4.0), run(5000.0, 5.0)])
+
+    found = runner.ratios({"profile": profile, "floor": floor})
+
+    assert profile["requests_per_second"] == 3150.0
+    assert profile["latency_ms"]["p99"] == 12.0
+    assert profile["failures"] == 2
+    assert found["profile_vs_floor"] == round(3150 / 5500, 3)
+    assert found["profile_vs_floor_rounds"] == [0.5, 0.66]
