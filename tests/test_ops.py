@@ -419,6 +419,44 @@ class TestAccessLog:
         assert threaded == 4.0
         assert flushed == 5.0
 
+    def test_bound_context_on_every_line(self) -> None:
+        stream = io.StringIO()
+        configure_logging(make_settings(log_format="json", log_level="info"), stream=stream)
+        root = logging.getLogger()
+        others = [handler for handler in root.handlers if handler is not own_handler()]
+        fields = {"method": "GET", "route": "/healthz", "status": 200}
+        try:
+            for handler in others:
+                root.removeHandler(handler)
+            with structlog.contextvars.bound_contextvars(job="nightly-export"):
+                structlog.get_logger("sso.jobs").info("job.started")
+                logging.getLogger("some.library").warning("from the standard library")
+                log_access(logging.INFO, dict(fields))
+            log_access(logging.INFO, dict(fields))
+        finally:
+            for handler in others:
+                root.addHandler(handler)
+            configure_logging(make_settings())
+        started, library, access, unbound = json_lines(stream)
+        assert started["job"] == "nightly-export"
+        assert library["job"] == "nightly-export"
+        assert access["job"] == "nightly-export"
+        assert "job" not in unbound
+
+    def test_bound_context_without_structlog_registry(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A structlog release without its private registry gets `merge_contextvars` instead.
+        monkeypatch.setattr(ops_logging, "_BOUND_VARIABLES", None)
+        fields = {"method": "GET", "route": "/healthz", "status": 200, "event": "http.request"}
+
+        with structlog.contextvars.bound_contextvars(job="nightly-export"):
+            merged = ops_logging.merge_bound_context(None, "info", dict(fields))
+            rendered = render_access_json("sso.access", "info", dict(fields))
+
+        assert merged["job"] == "nightly-export"
+        assert rendered is None
+
     async def test_access_lines_unbatched_for_own_stream(self) -> None:
         stream = io.StringIO()
         configure_logging(make_settings(log_format="json", log_level="info"), stream=stream)
