@@ -15,6 +15,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.security.headers import API_RESPONSE_HEADERS
+
 logger = logging.getLogger(__name__)
 
 # The limit when uvicorn's config sets none, as SSO_MAX_HEADER_BYTES's default.
@@ -23,11 +25,13 @@ DEFAULT_MAX_HEAD_BYTES = 16_384
 PROTOCOL_PATH = f"{__name__}:BoundedHttpToolsProtocol"
 
 _MESSAGE = b"the request line and headers are too large: send fewer or shorter headers"
+# With the security headers that the app's own responses carry.
 _RESPONSE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     b"content-type: text/plain; charset=utf-8\r\n"
     b"content-length: " + str(len(_MESSAGE)).encode("ascii") + b"\r\n"
-    b"connection: close\r\n"
+    + b"".join(name + b": " + value + b"\r\n" for name, value in API_RESPONSE_HEADERS)
+    + b"connection: close\r\n"
     b"\r\n" + _MESSAGE
 )
 
