@@ -385,6 +385,61 @@ class TestServedHeaderLimit:
         assert b"User not found" in both
         assert both.count(b"HTTP/1.1 200 ") == 2
 
+    def test_slow_or_silent_heads_cut_off(self, fresh_database_url: URL, tmp_path: Path) -> None:
+        service = ServiceProcess(
+            fresh_database_url,
+            tmp_path / "serve.log",
+            command=[*cli_command(), "serve"],
+            SSO_HTTP_PARSER="httptools",
+            SSO_REQUEST_TIMEOUT_SECONDS="1",
+        )
+        request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        try:
+            service.wait_until_ready()
+            stalled, stalled_seconds = self.wait_for_close(
+                service.port, [b"GET /healthz HTTP/1.1\r\nHost: 127"]
+            )
+            silent, silent_seconds = self.wait_for_close(service.port, [])
+            # The second request's head starts its own clock after a first request was served.
+            second, second_seconds = self.wait_for_close(
+                service.port, [request, b"GET /healthz HTTP/1.1\r\n"]
+            )
+            # A head that arrives within the limit is served, even after a pause.
+            paused = self.send_after_pause(service.port, request, pause=0.5)
+        finally:
+            service.stop()
+
+        assert stalled.startswith(b"HTTP/1.1 408 ")
+        assert b"x-content-type-options: nosniff\r\n" in stalled
+        assert 1.0 <= stalled_seconds < 3.0
+        assert silent == b""
+        assert 1.0 <= silent_seconds < 3.0
+        assert second.startswith(b"HTTP/1.1 200 ")
+        assert second.count(b"HTTP/1.1 408 ") == 1
+        assert 1.0 <= second_seconds < 3.0
+        assert paused.startswith(b"HTTP/1.1 200 ")
+        assert "http.head_timeout" in service.log_text()
+
+    @staticmethod
+    def wait_for_close(port: int, pieces: list[bytes]) -> tuple[bytes, float]:
+        """Send `pieces` and read until the server closes; return what came and how long."""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            started = time.monotonic()
+            for piece in pieces:
+                raw.sendall(piece)
+                time.sleep(0.1)
+            received = b""
+            while chunk := raw.recv(4096):
+                received += chunk
+            return received, time.monotonic() - started
+
+    @staticmethod
+    def send_after_pause(port: int, data: bytes, *, pause: float) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            time.sleep(pause)
+            raw.sendall(data)
+            return raw.recv(4096)
+
     @staticmethod
     def send_raw(port: int, data: bytes, *, piece: int) -> bytes:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:

@@ -6,16 +6,25 @@ endless header line grows the worker's memory until the connection drops. This p
 the bytes read while a head is open, and once they pass the limit it sends 431 and closes the
 connection. The app still checks a head that arrives whole, and sends its own 431 in the API's
 or the callbacks' error format.
+
+uvicorn also waits without limit for a head to arrive, and for the first byte of a new
+connection, so a client that sends a byte now and then keeps a connection and its buffers
+for good. This protocol gives the head SSO_REQUEST_TIMEOUT_SECONDS from the connection's start
+or from the first byte of a later request's head. One timer per server checks the open heads,
+so a head is cut off up to a tenth of the limit late, at most one second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+import weakref
+from typing import Any, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.security.headers import API_RESPONSE_HEADERS
+from app.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +33,30 @@ DEFAULT_MAX_HEAD_BYTES = 16_384
 # Import path for `uvicorn.run(http=...)`: a path, unlike the class, reaches spawned workers.
 PROTOCOL_PATH = f"{__name__}:BoundedHttpToolsProtocol"
 
-_MESSAGE = b"the request line and headers are too large: send fewer or shorter headers"
-# With the security headers that the app's own responses carry.
-_RESPONSE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: text/plain; charset=utf-8\r\n"
-    b"content-length: " + str(len(_MESSAGE)).encode("ascii") + b"\r\n"
-    + b"".join(name + b": " + value + b"\r\n" for name, value in API_RESPONSE_HEADERS)
-    + b"connection: close\r\n"
-    b"\r\n" + _MESSAGE
+_MAX_TICK_SECONDS: Final = 1.0
+_MIN_TICK_SECONDS: Final = 0.01
+
+
+def _closing_response(status_line: bytes, message: bytes) -> bytes:
+    """Return a plain-text response that closes the connection, with the security headers that
+    the app's own responses carry."""
+    return (
+        b"HTTP/1.1 " + status_line + b"\r\n"
+        b"content-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(message)).encode("ascii") + b"\r\n"
+        + b"".join(name + b": " + value + b"\r\n" for name, value in API_RESPONSE_HEADERS)
+        + b"connection: close\r\n"
+        b"\r\n" + message
+    )
+
+
+_RESPONSE = _closing_response(
+    b"431 Request Header Fields Too Large",
+    b"the request line and headers are too large: send fewer or shorter headers",
+)
+_TIMEOUT_RESPONSE = _closing_response(
+    b"408 Request Timeout",
+    b"the request line and headers took too long to arrive: send the whole head at once",
 )
 
 
@@ -52,22 +76,33 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         configured = self.config.h11_max_incomplete_event_size
         self.max_head_bytes: int = configured or DEFAULT_MAX_HEAD_BYTES
+        self.head_timeout_seconds: float = get_settings().request_timeout_seconds
         self._head_open = False
         self._between_messages = True
         self._heads_begun = 0
         self._progress = False
         self._open_bytes = 0
+        # Loop time at which the awaited head's clock started; None while no head is awaited.
+        self._head_started: float | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_started = self.loop.time()
+        _HeadTimer.watch(self)
 
     def on_message_begin(self) -> None:
         self._head_open = True
         self._between_messages = False
         self._heads_begun += 1
         self._open_bytes = 0
+        if self._head_started is None:
+            self._head_started = self.loop.time()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._head_open = False
         self._progress = True
+        self._head_started = None
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -112,3 +147,74 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if may_respond:
             self.transport.write(_RESPONSE)
         self.transport.close()
+
+    def check_head_time(self, now: float) -> None:
+        """Close the connection if the head it awaits has taken longer than the limit."""
+        started = self._head_started
+        if started is None or now - started <= self.head_timeout_seconds:
+            return
+        self._head_started = None
+        if self.transport.is_closing():
+            return
+        client = self.client[0] if self.client else None
+        logger.warning(
+            "http.head_timeout limit_seconds=%s client=%s partial_head=%s",
+            self.head_timeout_seconds, client, self._head_open,
+        )
+        cycle = self.cycle
+        # A connection that sent nothing is closed without a response. A 408 goes out only if
+        # no earlier request's response is still due.
+        if self._head_open and (cycle is None or cycle.response_complete):
+            self.transport.write(_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+class _HeadTimer:
+    """Checks the open heads of one server's connections, every tick while any are open.
+
+    Keyed by the server's set of connections, which uvicorn shares among its protocols, so
+    one timer serves them all. It keeps only a weak reference to its loop.
+    """
+
+    __slots__ = ("_connections", "_handle", "_loop", "_tick")
+
+    def __init__(self, protocol: BoundedHttpToolsProtocol) -> None:
+        self._connections = protocol.connections
+        self._loop = weakref.ref(protocol.loop)
+        tenth = protocol.head_timeout_seconds / 10
+        self._tick = max(min(tenth, _MAX_TICK_SECONDS), _MIN_TICK_SECONDS)
+        self._handle: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def watch(cls, protocol: BoundedHttpToolsProtocol) -> None:
+        """Make sure the timer of `protocol`'s server is running."""
+        timers = _head_timers.setdefault(protocol.loop, {})
+        timer = timers.get(id(protocol.connections))
+        if timer is None or timer._connections is not protocol.connections:
+            timer = cls(protocol)
+            timers[id(protocol.connections)] = timer
+        if timer._handle is None:
+            timer._schedule()
+
+    def _schedule(self) -> None:
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            self._handle = loop.call_later(self._tick, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        loop = self._loop()
+        if loop is None:
+            return
+        now = loop.time()
+        for protocol in tuple(self._connections):
+            if isinstance(protocol, BoundedHttpToolsProtocol):
+                protocol.check_head_time(now)
+        if self._connections:
+            self._schedule()
+
+
+# The head timers of each event loop, by the identity of their server's set of connections.
+_head_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _HeadTimer]] = (
+    weakref.WeakKeyDictionary()
+)
