@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.identity.passwords import PasswordHasher
 from app.models import LoginEvent
+from app.ops.http_protocol import WarningBudget
 from app.security.proxy import source_address
 from app.security.throttle import account_subject
 from app.settings import Settings
@@ -271,6 +272,17 @@ class TestNulCharacters:
             )
             assert response.status_code == 422, response.text
             assert "U+0000" in response.json()["detail"]
+
+
+def test_head_warnings_limited_per_period() -> None:
+    budget = WarningBudget(count=3, period_seconds=60.0)
+
+    first_minute = [budget.take(now) for now in (0.0, 1.0, 2.0, 3.0, 4.0, 59.0)]
+    next_minute = [budget.take(now) for now in (60.0, 61.0)]
+
+    assert first_minute == [0, 0, 0, None, None, None]
+    # The first warning of the next period reports the three that were left out.
+    assert next_minute == [3, 0]
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from typing import Any, Final
 
@@ -58,6 +59,36 @@ _TIMEOUT_RESPONSE = _closing_response(
     b"408 Request Timeout",
     b"the request line and headers took too long to arrive: send the whole head at once",
 )
+
+
+class WarningBudget:
+    """At most `count` warnings per `period_seconds`, so that a flood of bad connections cannot
+    flood the log. The first warning of a new period gives the number left out before it."""
+
+    __slots__ = ("_count", "_left_out", "_period", "_window_start", "_written")
+
+    def __init__(self, count: int, period_seconds: float) -> None:
+        self._count = count
+        self._period = period_seconds
+        self._window_start = float("-inf")
+        self._written = 0
+        self._left_out = 0
+
+    def take(self, now: float) -> int | None:
+        """Return the number of warnings left out before this one, or None to leave it out."""
+        if now - self._window_start >= self._period:
+            self._window_start = now
+            self._written = 0
+        if self._written >= self._count:
+            self._left_out += 1
+            return None
+        self._written += 1
+        left_out, self._left_out = self._left_out, 0
+        return left_out
+
+
+# Warnings about heads cut off for their size or time, in each worker.
+_head_warnings = WarningBudget(count=20, period_seconds=60.0)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -134,9 +165,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _reject(self) -> None:
         client = self.client[0] if self.client else None
-        logger.warning(
-            "http.head_too_large limit=%s client=%s", self.max_head_bytes, client
-        )
+        left_out = _head_warnings.take(time.monotonic())
+        if left_out is not None:
+            logger.warning(
+                "http.head_too_large limit=%s client=%s warnings_left_out=%s",
+                self.max_head_bytes, client, left_out,
+            )
         cycle = self.cycle
         if self._head_open:
             # An earlier request on this connection may still be running, and a 431 now would
@@ -157,10 +191,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         client = self.client[0] if self.client else None
-        logger.warning(
-            "http.head_timeout limit_seconds=%s client=%s partial_head=%s",
-            self.head_timeout_seconds, client, self._head_open,
-        )
+        left_out = _head_warnings.take(time.monotonic())
+        if left_out is not None:
+            logger.warning(
+                "http.head_timeout limit_seconds=%s client=%s partial_head=%s "
+                "warnings_left_out=%s",
+                self.head_timeout_seconds, client, self._head_open, left_out,
+            )
         cycle = self.cycle
         # A connection that sent nothing is closed without a response. A 408 goes out only if
         # no earlier request's response is still due.
