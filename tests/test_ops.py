@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import gc
 import io
 import json
 import logging
 import re
+import select
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -55,6 +57,26 @@ def own_handler() -> logging.Handler:
     direct = ops_logging._direct_lines
     assert direct is not None
     return direct.handler
+
+
+@contextlib.contextmanager
+def own_handler_only(stream: io.StringIO, *, batch_access_lines: bool = False) -> Iterator[None]:
+    """Log JSON lines at info level to `stream` through the service's handler alone."""
+    configure_logging(
+        make_settings(log_format="json", log_level="info"),
+        stream=stream,
+        batch_access_lines=batch_access_lines,
+    )
+    root = logging.getLogger()
+    others = [handler for handler in root.handlers if handler is not own_handler()]
+    for handler in others:
+        root.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in others:
+            root.addHandler(handler)
+        configure_logging(make_settings())
 
 
 @pytest.fixture
@@ -383,16 +405,7 @@ class TestAccessLog:
 
     async def test_access_lines_batched_until_loop_pass_ends(self) -> None:
         stream = io.StringIO()
-        configure_logging(
-            make_settings(log_format="json", log_level="info"),
-            stream=stream,
-            batch_access_lines=True,
-        )
-        root = logging.getLogger()
-        others = [h for h in root.handlers if h is not own_handler()]
-        try:
-            for handler in others:
-                root.removeHandler(handler)
+        with own_handler_only(stream, batch_access_lines=True):
             fields = {"method": "POST", "route": "/rum/user-profile", "status": 200}
             log_access(logging.INFO, {**fields, "duration_ms": 1.0})
             log_access(logging.INFO, {**fields, "duration_ms": 2.0})
@@ -410,10 +423,6 @@ class TestAccessLog:
             # The logging module flushes every handler at exit.
             own_handler().flush()
             flushed = json_lines(stream)[-1]["duration_ms"]
-        finally:
-            for handler in others:
-                root.addHandler(handler)
-            configure_logging(make_settings())
         assert first_pass == [1.0, 2.0]
         assert in_order == [1.0, 2.0, 3.0, "after the access line"]
         assert threaded == 4.0
@@ -421,22 +430,13 @@ class TestAccessLog:
 
     def test_bound_context_on_every_line(self) -> None:
         stream = io.StringIO()
-        configure_logging(make_settings(log_format="json", log_level="info"), stream=stream)
-        root = logging.getLogger()
-        others = [handler for handler in root.handlers if handler is not own_handler()]
         fields = {"method": "GET", "route": "/healthz", "status": 200}
-        try:
-            for handler in others:
-                root.removeHandler(handler)
+        with own_handler_only(stream):
             with structlog.contextvars.bound_contextvars(job="nightly-export"):
                 structlog.get_logger("sso.jobs").info("job.started")
                 logging.getLogger("some.library").warning("from the standard library")
                 log_access(logging.INFO, dict(fields))
             log_access(logging.INFO, dict(fields))
-        finally:
-            for handler in others:
-                root.addHandler(handler)
-            configure_logging(make_settings())
         started, library, access, unbound = json_lines(stream)
         assert started["job"] == "nightly-export"
         assert library["job"] == "nightly-export"
@@ -456,6 +456,32 @@ class TestAccessLog:
 
         assert merged["job"] == "nightly-export"
         assert rendered is None
+
+    async def test_batched_writes_fit_in_pipe_buffer(self) -> None:
+        # Workers sharing a pipe keep whole lines only in writes of at most PIPE_BUF bytes.
+        class RecordingStream(io.StringIO):
+            def __init__(self) -> None:
+                super().__init__()
+                self.sizes: list[int] = []
+
+            def write(self, text: str) -> int:
+                self.sizes.append(len(text.encode("utf-8")))
+                return super().write(text)
+
+        stream = RecordingStream()
+        with own_handler_only(stream, batch_access_lines=True):
+            for number in range(100):
+                log_access(
+                    logging.INFO,
+                    {"method": "POST", "route": "/rum/user-profile", "status": 200,
+                     "duration_ms": float(number)},
+                )
+            await asyncio.sleep(0)
+        assert len(stream.sizes) > 1
+        assert max(stream.sizes) <= select.PIPE_BUF
+        assert [line["duration_ms"] for line in json_lines(stream)] == [
+            float(number) for number in range(100)
+        ]
 
     async def test_access_lines_unbatched_for_own_stream(self) -> None:
         stream = io.StringIO()

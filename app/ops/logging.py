@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import select
 import sys
 import time
 from contextvars import ContextVar, Token
@@ -103,7 +104,8 @@ def merge_bound_context(
     if _BOUND_VARIABLES is None:
         structlog.contextvars.merge_contextvars(logger, method_name, event_dict)
         return event_dict
-    for name, variable in _BOUND_VARIABLES.items():
+    # A copy: another thread that binds a new key adds to the registry.
+    for name, variable in tuple(_BOUND_VARIABLES.items()):
         value = variable.get()
         if value is not Ellipsis:
             event_dict.setdefault(name[_BOUND_PREFIX_LENGTH:], value)
@@ -114,7 +116,7 @@ def _context_bound() -> bool:
     """Return whether any value bound with `bind_contextvars` is set in this context."""
     if _BOUND_VARIABLES is None:
         return True
-    return any(variable.get() is not Ellipsis for variable in _BOUND_VARIABLES.values())
+    return any(variable.get() is not Ellipsis for variable in tuple(_BOUND_VARIABLES.values()))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -221,9 +223,24 @@ class _OwnHandler(logging.Handler):
                 self.handleError(record)
 
     def _write_pending(self) -> None:
+        """Write the waiting lines, in writes of at most `PIPE_BUF` bytes each.
+
+        Workers that share a pipe for standard error each write whole lines. The system keeps
+        a write to a pipe in one piece only up to `PIPE_BUF` bytes (4096 on Linux), so a longer
+        one could have another worker's line land inside one of its lines.
+        """
         lines, self._pending = self._pending, []
-        if lines:
-            self._write("\n".join(lines) + "\n")
+        piece: list[str] = []
+        size = 0
+        for line in lines:
+            length = (len(line) if line.isascii() else len(line.encode("utf-8"))) + 1
+            if piece and size + length > select.PIPE_BUF:
+                self._write("\n".join(piece) + "\n")
+                piece, size = [], 0
+            piece.append(line)
+            size += length
+        if piece:
+            self._write("\n".join(piece) + "\n")
 
     def _write(self, text: str) -> None:
         stream = self._stream if self._stream is not None else sys.stderr
