@@ -10,8 +10,9 @@ or the callbacks' error format.
 uvicorn also waits without limit for a head to arrive, and for the first byte of a new
 connection, so a client that sends a byte now and then keeps a connection and its buffers
 for good. This protocol gives the head SSO_REQUEST_TIMEOUT_SECONDS from the connection's start
-or from the first byte of a later request's head. One timer per server checks the open heads,
-so a head is cut off up to a tenth of the limit late, at most one second.
+or from the first byte after the previous request, line breaks included. One timer per server
+checks the open heads, so a head is cut off up to a tenth of the limit late, at most one
+second.
 """
 
 from __future__ import annotations
@@ -147,6 +148,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         begun = self._heads_begun
         idle = self._between_messages
+        if idle and self._head_started is None:
+            # Bytes between messages start the next head's clock, even if llhttp skips them
+            # (CRLF) without beginning a message.
+            self._head_started = self.loop.time()
         self._progress = False
         super().data_received(data)
         if self._between_messages or self.transport.is_closing():
@@ -182,10 +187,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write(_RESPONSE)
         self.transport.close()
 
+    def on_response_complete(self) -> None:
+        if self._head_started is not None:
+            # A head that arrived while a response was due gets the whole limit from now, as
+            # uvicorn stops reading a connection while a response is due.
+            self._head_started = self.loop.time()
+        super().on_response_complete()
+
     def check_head_time(self, now: float) -> None:
-        """Close the connection if the head it awaits has taken longer than the limit."""
+        """Close the connection if the head it awaits has taken longer than the limit.
+
+        While an earlier request's response is still due, that request's own time limit
+        applies, and the head waits.
+        """
         started = self._head_started
         if started is None or now - started <= self.head_timeout_seconds:
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
             return
         self._head_started = None
         if self.transport.is_closing():
@@ -198,10 +217,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 "warnings_left_out=%s",
                 self.head_timeout_seconds, client, self._head_open, left_out,
             )
-        cycle = self.cycle
-        # A connection that sent nothing is closed without a response. A 408 goes out only if
-        # no earlier request's response is still due.
-        if self._head_open and (cycle is None or cycle.response_complete):
+        # A connection that sent nothing, or only line breaks, is closed without a response.
+        if self._head_open:
             self.transport.write(_TIMEOUT_RESPONSE)
         self.transport.close()
 

@@ -1,0 +1,115 @@
+"""The time limit on a request head's arrival, in uvicorn with the bounded httptools protocol.
+
+A uvicorn server runs in a thread on loopback with a minimal ASGI app, so that a request can
+take longer than the limit; `tests/test_request_limits.py` checks the same limit through
+`sso-provider serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from app.ops import http_protocol
+from tests.conftest import make_settings
+
+LIMIT_SECONDS = 1.0
+SLOW_SECONDS = 1.6
+
+
+async def slow_or_fast(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(SLOW_SECONDS)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+@pytest.fixture
+def port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    settings = make_settings(request_timeout_seconds=LIMIT_SECONDS)
+    monkeypatch.setattr(http_protocol, "get_settings", lambda: settings)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = int(probe.getsockname()[1])
+    config = uvicorn.Config(
+        slow_or_fast,
+        host="127.0.0.1",
+        port=free,
+        http=http_protocol.BoundedHttpToolsProtocol,
+        log_level="error",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield free
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def read_until_closed(connection: socket.socket, seconds: float) -> tuple[bytes, float | None]:
+    """Read for up to `seconds`; return the bytes and when the server closed, or None."""
+    started = time.monotonic()
+    connection.settimeout(0.05)
+    received = b""
+    while time.monotonic() - started < seconds:
+        try:
+            chunk = connection.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            return received, time.monotonic() - started
+        received += chunk
+    return received, None
+
+
+def test_line_breaks_between_requests_cut_off(port: int) -> None:
+    # llhttp skips line breaks between messages without starting one.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request("/"))
+        time.sleep(0.1)
+        started = time.monotonic()
+        closed_at = None
+        while time.monotonic() - started < 5:
+            try:
+                connection.sendall(b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                closed_at = time.monotonic() - started
+                break
+            time.sleep(0.2)
+        received, _ = read_until_closed(connection, 1)
+
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert closed_at is not None
+    assert closed_at < LIMIT_SECONDS + 1.5
+
+
+def test_head_behind_slow_request_waits(port: int) -> None:
+    # uvicorn stops reading while the slow response is due, so the rest of the third head
+    # stays unread for longer than the limit, and must not count against it.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request("/slow") + request("/") + b"GET / HT")
+        time.sleep(0.05)
+        connection.sendall(b"TP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        received, closed_after = read_until_closed(connection, SLOW_SECONDS + 3)
+
+    assert received.count(b"HTTP/1.1 200 ") == 3
+    assert closed_after is not None
