@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import os
 import platform
@@ -38,7 +39,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -642,29 +643,22 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             service_scenarios = [
                 name for name in ("login", "profile", "mixed") if name in options.scenarios
             ]
-            floor: subprocess.Popen[bytes] | None = None
-            floor_target: Target | None = None
+            floor: Callable[[], tuple[subprocess.Popen[bytes], Target]] | None = None
             if "floor" in options.scenarios:
-                floor, floor_target = start_floor(options, database_url, rum_password, log)
-            try:
-                if service_scenarios:
-                    run_service_scenarios(
-                        options,
-                        database_url,
-                        rum_password,
-                        log,
-                        service_scenarios,
-                        scenarios,
-                        floor_target,
-                    )
-                elif floor_target is not None:
-                    print("floor: bare ASGI profile fetches ...", file=sys.stderr)
+                floor = functools.partial(start_floor, options, database_url, rum_password, log)
+            if service_scenarios:
+                run_service_scenarios(
+                    options, database_url, rum_password, log, service_scenarios, scenarios, floor
+                )
+            if floor is not None and "floor" not in scenarios:
+                print("floor: bare ASGI profile fetches ...", file=sys.stderr)
+                process, target = floor()
+                try:
                     scenarios["floor"] = combine_rounds(
-                        [run_profile(options, floor_target) for _ in range(options.rounds)]
+                        [run_profile(options, target) for _ in range(options.rounds)]
                     )
-            finally:
-                if floor is not None:
-                    stop(floor)
+                finally:
+                    stop(process)
         finally:
             if not options.keep_database:
                 asyncio.run(drop_database(options.database_url, database_name))
@@ -695,6 +689,32 @@ def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def run_profile_rounds(
+    options: argparse.Namespace,
+    service: Target,
+    floor: Callable[[], tuple[subprocess.Popen[bytes], Target]] | None,
+    scenarios: dict[str, Any],
+) -> None:
+    if floor is None:
+        rounds = [run_profile(options, service) for _ in range(options.rounds)]
+        scenarios["profile"] = combine_rounds(rounds)
+        return
+    process, floor_target = floor()
+    profile_rounds, floor_rounds = [], []
+    try:
+        for number in range(options.rounds):
+            if number % 2 == 0:
+                profile_rounds.append(run_profile(options, service))
+                floor_rounds.append(run_profile(options, floor_target))
+            else:
+                floor_rounds.append(run_profile(options, floor_target))
+                profile_rounds.append(run_profile(options, service))
+    finally:
+        stop(process)
+    scenarios["profile"] = combine_rounds(profile_rounds)
+    scenarios["floor"] = combine_rounds(floor_rounds)
+
+
 def run_service_scenarios(
     options: argparse.Namespace,
     database_url: str,
@@ -702,13 +722,15 @@ def run_service_scenarios(
     log: Path,
     names: list[str],
     scenarios: dict[str, Any],
-    floor: Target | None,
+    floor: Callable[[], tuple[subprocess.Popen[bytes], Target]] | None,
 ) -> None:
     """Run the service's scenarios; with `floor`, profile runs alternate with floor runs.
 
     The machine's speed drifts by a tenth or more within minutes, so the two rates of the
-    profile/floor ratio come from runs that take turns, each round a profile run and then a
-    floor run.
+    profile/floor ratio come from runs that take turns: profile then floor in even rounds,
+    floor then profile in odd ones, so that a steady drift favours neither. `floor` starts
+    the floor app, which runs only during these rounds and so holds its database
+    connections only then.
     """
     server, target = start_service(options, database_url, rum_password, log)
     sampler = MemorySampler(server.pid)
@@ -729,18 +751,7 @@ def run_service_scenarios(
                 scenarios["login"]["hashing"] = scrape_hashing(target)
             if "profile" in names:
                 print("profile: RemoteUserFetch throughput ...", file=sys.stderr)
-                profile_rounds, floor_rounds = [], []
-                for _ in range(options.rounds):
-                    profile_rounds.append(run_profile(options, target))
-                    if floor is not None:
-                        floor_rounds.append(run_profile(options, floor))
-                scenarios["profile"] = combine_rounds(profile_rounds)
-                if floor_rounds:
-                    scenarios["floor"] = combine_rounds(floor_rounds)
-            elif floor is not None:
-                scenarios["floor"] = combine_rounds(
-                    [run_profile(options, floor) for _ in range(options.rounds)]
-                )
+                run_profile_rounds(options, target, floor, scenarios)
             if "mixed" in names:
                 print("mixed: profile latency under login load ...", file=sys.stderr)
                 scenarios["mixed"] = run_mixed(options, target)
@@ -759,7 +770,7 @@ def ratios(scenarios: dict[str, Any]) -> dict[str, Any]:
     profile = scenarios.get("profile", {}).get("requests_per_second")
     if floor and profile:
         found["profile_vs_floor"] = round(profile / floor, 3)
-        # Each round's profile run, then its floor run, as `run_service_scenarios` takes turns.
+        # Each round's profile run and floor run, as `run_profile_rounds` pairs them.
         pairs = zip(
             scenarios["profile"].get("rounds", ()),
             scenarios["floor"].get("rounds", ()),
