@@ -433,13 +433,22 @@ class TestServedHeaderLimit:
         assert "http.head_timeout" in service.log_text()
 
     @staticmethod
-    def wait_for_close(port: int, pieces: list[bytes]) -> tuple[bytes, float]:
-        """Send `pieces` and read until the server closes; return what came and how long."""
+    def wait_for_close(
+        port: int, pieces: list[bytes], *, pause: float = 0.1
+    ) -> tuple[bytes, float]:
+        """Send `pieces`, `pause` seconds apart, and read until the server closes the connection.
+
+        Returns the bytes received and the seconds from connecting to the close. Sending stops
+        early if the server has already closed the connection.
+        """
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             started = time.monotonic()
             for piece in pieces:
-                raw.sendall(piece)
-                time.sleep(0.1)
+                try:
+                    raw.sendall(piece)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                time.sleep(pause)
             received = b""
             while chunk := raw.recv(4096):
                 received += chunk
@@ -452,16 +461,8 @@ class TestServedHeaderLimit:
             raw.sendall(data)
             return raw.recv(4096)
 
-    @staticmethod
-    def send_raw(port: int, data: bytes, *, piece: int) -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            for offset in range(0, len(data), piece):
-                try:
-                    raw.sendall(data[offset : offset + piece])
-                except (BrokenPipeError, ConnectionResetError):
-                    break
-                time.sleep(0.005)
-            received = b""
-            while chunk := raw.recv(4096):
-                received += chunk
+    @classmethod
+    def send_raw(cls, port: int, data: bytes, *, piece: int) -> bytes:
+        pieces = [data[offset : offset + piece] for offset in range(0, len(data), piece)]
+        received, _ = cls.wait_for_close(port, pieces, pause=0.005)
         return received
