@@ -727,10 +727,10 @@ def run_service_scenarios(
     """Run the service's scenarios; with `floor`, profile runs alternate with floor runs.
 
     The machine's speed drifts by a tenth or more within minutes, so the two rates of the
-    profile/floor ratio come from runs that take turns: profile then floor in even rounds,
-    floor then profile in odd ones, so that a steady drift favours neither. `floor` starts
-    the floor app, which runs only during these rounds and so holds its database
-    connections only then.
+    profile/floor ratio come from runs that take turns. Even rounds run profile then floor,
+    and odd rounds floor then profile, so a steady drift favours neither. `floor` starts the
+    floor app, which runs only during these rounds and opens its database connections only
+    then.
     """
     server, target = start_service(options, database_url, rum_password, log)
     sampler = MemorySampler(server.pid)

@@ -1,7 +1,7 @@
 """The time limit on a request head's arrival, in uvicorn with the bounded httptools protocol.
 
 A uvicorn server runs in a thread on loopback with a minimal ASGI app, so that a request can
-take longer than the limit; `tests/test_request_limits.py` checks the same limit through
+take longer than the limit. `tests/test_request_limits.py` checks the same limit through
 `sso-provider serve`.
 """
 

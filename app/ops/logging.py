@@ -165,8 +165,8 @@ class _OwnHandler(logging.Handler):
 
     With `batch_access_lines`, the access lines written on an event loop's thread wait until the
     end of the loop's current pass and go out in one write. Under the profile benchmark's load
-    strace counted about 3 writes per fetch, all but a tenth of one for the socket and the
-    database; the gain in fetches per second stayed within the few percent that runs vary by.
+    strace counted about 3 writes per fetch, and all but a tenth of one went to the socket and
+    the database. The gain in fetches per second stayed within the few percent that runs vary by.
     Every other line, and an access line from another thread, is written at once, after any
     access lines still waiting, so the order of lines is kept. The lines of the last pass are
     lost only if the process is killed outright; `flush`, which the logging module calls at
@@ -317,8 +317,8 @@ def render_access_json(logger_name: str, method: str, event: dict[str, Any]) -> 
 
     Returns None, and the line takes the processors, in three cases: the event has other keys,
     a value is not a string, an integer or a finite float, or context is bound with
-    `bind_contextvars`. On a profile fetch served by uvicorn the
-    processors cost about 20 µs of the worker's CPU; this costs a fraction of that.
+    `bind_contextvars`. On a profile fetch served by uvicorn the processors cost about 20 µs
+    of the worker's CPU, and this costs a fraction of that.
     """
     if _context_bound():
         return None
