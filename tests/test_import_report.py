@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.identity.passwords import PasswordHasher
 from app.identity.service import erase_user
 from app.models import AuditEvent, IssuedIdentifier, User, UserAddress, UserAttribute
+from app.transfer import importer as importer_module
 from app.transfer.formats import FileFormatError
 from app.transfer.importer import Importer, ImportOptions, ImportSummary
 from app.transfer.validate import RowError
@@ -411,3 +413,42 @@ async def test_direct_path_keeps_file_order(session: AsyncSession, hasher: Passw
     ).all()
     assert len(events) == 1
     assert events[0].details["rows_imported"] == 7
+
+
+async def test_import_cancelled_during_copy_writes_nothing(
+    session: AsyncSession, hasher: PasswordHasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [{"login": f"cancelled{number}@example.com"} for number in range(300)]
+    copying = asyncio.Event()
+    copies = 0
+    cancelled_in_copy = False
+    copy_batch = importer_module.copy_batch
+
+    async def second_copy_signals(*args: Any, **kwargs: Any) -> None:
+        nonlocal copies, cancelled_in_copy
+        copies += 1
+        if copies != 2:
+            await copy_batch(*args, **kwargs)
+            return
+        # The test cancels the import at the COPY's first wait for the server.
+        copying.set()
+        try:
+            await copy_batch(*args, **kwargs)
+        except asyncio.CancelledError:
+            cancelled_in_copy = True
+            raise
+
+    monkeypatch.setattr(importer_module, "copy_batch", second_copy_signals)
+    task = asyncio.create_task(run_import(session, hasher, _csv(rows), batch_rows=100))
+    await asyncio.wait_for(copying.wait(), timeout=30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cancelled_in_copy
+    await session.rollback()
+    assert await _imported_count(session) == 0
+
+    monkeypatch.setattr(importer_module, "copy_batch", copy_batch)
+    summary, errors = await run_import(session, hasher, _csv(rows), batch_rows=100)
+    assert errors == []
+    assert summary.rows_imported == 300
