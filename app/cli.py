@@ -91,7 +91,7 @@ def serve(host: str, port: int, workers: int) -> None:
     """Run the HTTP service."""
     import uvicorn
 
-    from app.ops.http_protocol import PROTOCOL_PATH
+    from app.ops.http_protocol import PROTOCOL_PATHS
     from app.ops.serving import finish_serving, prepare_serving
 
     settings = load_settings()
@@ -112,9 +112,9 @@ def serve(host: str, port: int, workers: int) -> None:
             timeout_worker_healthcheck=30,
             server_header=False,
             log_level=settings.log_level,
-            # Both parsers stop buffering a request head that is still incomplete once it passes
-            # SSO_MAX_HEADER_BYTES: h11 responds with 400, the bounded httptools protocol with 431.
-            http=PROTOCOL_PATH if settings.http_parser == "httptools" else "h11",
+            # Both protocols stop buffering a request head that is still incomplete once it
+            # passes SSO_MAX_HEADER_BYTES, and respond with 431.
+            http=PROTOCOL_PATHS[settings.http_parser],
             h11_max_incomplete_event_size=settings.max_header_bytes,
         )
     finally:

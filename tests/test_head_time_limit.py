@@ -1,4 +1,4 @@
-"""The time limit on a request head's arrival, in uvicorn with the bounded httptools protocol.
+"""The time limit on a request head's arrival, in uvicorn with each bounded protocol.
 
 A uvicorn server runs in a thread on loopback with a minimal ASGI app, so that a request can
 take longer than the limit. `tests/test_request_limits.py` checks the same limit through
@@ -33,12 +33,15 @@ async def slow_or_fast(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def request(path: str) -> bytes:
+def get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 
 
-@pytest.fixture
-def port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+@pytest.fixture(
+    params=[http_protocol.BoundedHttpToolsProtocol, http_protocol.BoundedH11Protocol],
+    ids=["httptools", "h11"],
+)
+def port(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     settings = make_settings(request_timeout_seconds=LIMIT_SECONDS)
     monkeypatch.setattr(http_protocol, "get_settings", lambda: settings)
     with socket.socket() as probe:
@@ -48,7 +51,7 @@ def port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
         slow_or_fast,
         host="127.0.0.1",
         port=free,
-        http=http_protocol.BoundedHttpToolsProtocol,
+        http=request.param,
         log_level="error",
         lifespan="off",
     )
@@ -84,7 +87,7 @@ def read_until_closed(connection: socket.socket, seconds: float) -> tuple[bytes,
 def test_line_breaks_between_requests_cut_off(port: int) -> None:
     # llhttp skips line breaks between messages without starting one.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-        connection.sendall(request("/"))
+        connection.sendall(get("/"))
         time.sleep(0.1)
         started = time.monotonic()
         closed_at = None
@@ -106,10 +109,56 @@ def test_head_behind_slow_request_waits(port: int) -> None:
     # uvicorn stops reading while the slow response is due, so the rest of the third head
     # stays unread for longer than the limit, and must not count against it.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-        connection.sendall(request("/slow") + request("/") + b"GET / HT")
+        connection.sendall(get("/slow") + get("/") + b"GET / HT")
         time.sleep(0.05)
         connection.sendall(b"TP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         received, closed_after = read_until_closed(connection, SLOW_SECONDS + 3)
 
     assert received.count(b"HTTP/1.1 200 ") == 3
+    assert closed_after is not None
+
+
+def test_partial_head_gets_408(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"GET / HTTP/1.1\r\nHost: 12")
+        received, closed_after = read_until_closed(connection, LIMIT_SECONDS + 3)
+
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert b"x-content-type-options: nosniff\r\n" in received
+    assert b"connection: close\r\n" in received
+    assert closed_after is not None
+    assert closed_after >= LIMIT_SECONDS
+
+
+def test_silent_connection_closed(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        received, closed_after = read_until_closed(connection, LIMIT_SECONDS + 3)
+
+    assert received == b""
+    assert closed_after is not None
+
+
+def test_invalid_request_gets_400_with_headers(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"GET / HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n")
+        received, closed_after = read_until_closed(connection, 3)
+
+    assert received.startswith(b"HTTP/1.1 400 ")
+    assert b"x-content-type-options: nosniff\r\n" in received
+    assert b"cache-control: no-store\r\n" in received
+    assert b"connection: close\r\n" in received
+    assert closed_after is not None
+
+
+def test_head_after_unread_body_cut_off(port: int) -> None:
+    # The app responds before the body arrives, and the read that ends the body begins the
+    # next head, which then stalls.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\n")
+        time.sleep(0.2)
+        connection.sendall(b"bodyGET / HTTP/1.1\r\nHost: 12")
+        received, closed_after = read_until_closed(connection, LIMIT_SECONDS + 3)
+
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert received.count(b"HTTP/1.1 408 ") == 1
     assert closed_after is not None

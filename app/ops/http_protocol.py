@@ -1,18 +1,22 @@
-"""uvicorn's httptools protocol with a bound on a request head that is still arriving.
+"""uvicorn's HTTP protocols with bounds on a request head that is still arriving.
 
 httptools (llhttp, in C) parses requests with far less CPU than h11. But uvicorn (0.55) buffers
 the URL and headers that httptools reports without any limit, so a client that trickles an
-endless header line grows the worker's memory until the connection drops. This protocol counts
-the bytes read while a head is open, and once they pass the limit it sends 431 and closes the
-connection. The app still checks a head that arrives whole, and sends its own 431 in the API's
-or the callbacks' error format.
+endless header line grows the worker's memory until the connection drops. The httptools
+protocol here counts the bytes read while a head is open, and once they pass the limit it sends
+431 and closes the connection. h11 has that bound of its own, and its protocol here answers
+with 431 too. The app still checks a head that arrives whole, and sends its own 431 in the
+API's or the callbacks' error format.
 
 uvicorn also waits without limit for a head to arrive, and for the first byte of a new
-connection, so a client that sends a byte now and then keeps a connection and its buffers
-for good. This protocol gives the head SSO_REQUEST_TIMEOUT_SECONDS from the connection's start
-or from the first byte after the previous request, line breaks included. One timer per server
-checks the open heads, so a head is cut off up to a tenth of the limit late, at most one
-second.
+connection, under either parser. So a client that sends a byte now and then keeps a connection
+and its buffers for good. Both protocols here give the head SSO_REQUEST_TIMEOUT_SECONDS from the
+connection's start or from the first byte after the previous request, line breaks included.
+One timer per server checks the open heads, so a head is cut off up to a tenth of the limit
+late, at most one second.
+
+The responses that the protocols send themselves (400 for a request that is not valid HTTP,
+408, 431) carry the security headers of the app's responses.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import time
 import weakref
 from typing import Any, Final
 
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.security.headers import API_RESPONSE_HEADERS
@@ -32,8 +38,11 @@ logger = logging.getLogger(__name__)
 
 # The limit when uvicorn's config sets none, as SSO_MAX_HEADER_BYTES's default.
 DEFAULT_MAX_HEAD_BYTES = 16_384
-# Import path for `uvicorn.run(http=...)`: a path, unlike the class, reaches spawned workers.
-PROTOCOL_PATH = f"{__name__}:BoundedHttpToolsProtocol"
+# Import paths for `uvicorn.run(http=...)`: a path, unlike a class, reaches spawned workers.
+PROTOCOL_PATHS: Final = {
+    "httptools": f"{__name__}:BoundedHttpToolsProtocol",
+    "h11": f"{__name__}:BoundedH11Protocol",
+}
 
 _MAX_TICK_SECONDS: Final = 1.0
 _MIN_TICK_SECONDS: Final = 0.01
@@ -59,6 +68,9 @@ _RESPONSE = _closing_response(
 _TIMEOUT_RESPONSE = _closing_response(
     b"408 Request Timeout",
     b"the request line and headers took too long to arrive: send the whole head at once",
+)
+_BAD_REQUEST_RESPONSE = _closing_response(
+    b"400 Bad Request", b"the request is not valid HTTP/1.1: check the request line and headers"
 )
 
 
@@ -92,7 +104,57 @@ class WarningBudget:
 _head_warnings = WarningBudget(count=20, period_seconds=60.0)
 
 
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
+class _HeadTimeLimit:
+    """The time limit on a request head's arrival, for a uvicorn protocol.
+
+    The protocol starts `_head_started` when a head's clock starts and clears it when the head
+    is complete, and `_head_partial` returns whether any bytes of a head have arrived.
+    """
+
+    # Set by the protocol classes below, in uvicorn's protocols or in their own __init__.
+    connections: set[Any]
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    client: tuple[str, int] | None
+    cycle: Any
+    head_timeout_seconds: float
+    # Loop time at which the awaited head's clock started; None while no head is awaited.
+    _head_started: float | None
+
+    def _head_partial(self) -> bool:
+        raise NotImplementedError
+
+    def check_head_time(self, now: float) -> None:
+        """Close the connection if the head it awaits has taken longer than the limit.
+
+        While an earlier request's response is still due, that request's own time limit
+        applies, and the head waits.
+        """
+        started = self._head_started
+        if started is None or now - started <= self.head_timeout_seconds:
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            return
+        self._head_started = None
+        if self.transport.is_closing():
+            return
+        partial = self._head_partial()
+        client = self.client[0] if self.client else None
+        left_out = _head_warnings.take(time.monotonic())
+        if left_out is not None:
+            logger.warning(
+                "http.head_timeout limit_seconds=%s client=%s partial_head=%s "
+                "warnings_left_out=%s",
+                self.head_timeout_seconds, client, partial, left_out,
+            )
+        # A connection that sent nothing, or only line breaks, is closed without a response.
+        if partial:
+            self.transport.write(_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+class BoundedHttpToolsProtocol(_HeadTimeLimit, HttpToolsProtocol):
     """`HttpToolsProtocol` that closes a connection whose open request head passes a limit.
 
     The limit is uvicorn's `h11_max_incomplete_event_size`, which `sso-provider serve` sets to
@@ -114,8 +176,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._heads_begun = 0
         self._progress = False
         self._open_bytes = 0
-        # Loop time at which the awaited head's clock started; None while no head is awaited.
-        self._head_started: float | None = None
+        self._head_started = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -187,6 +248,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write(_RESPONSE)
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(_BAD_REQUEST_RESPONSE)
+        self.transport.close()
+
     def on_response_complete(self) -> None:
         if self._head_started is not None:
             # A head that arrived while a response was due gets the whole limit from now, as
@@ -194,33 +259,67 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_started = self.loop.time()
         super().on_response_complete()
 
-    def check_head_time(self, now: float) -> None:
-        """Close the connection if the head it awaits has taken longer than the limit.
+    def _head_partial(self) -> bool:
+        return self._head_open
 
-        While an earlier request's response is still due, that request's own time limit
-        applies, and the head waits.
-        """
-        started = self._head_started
-        if started is None or now - started <= self.head_timeout_seconds:
-            return
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            return
+
+class BoundedH11Protocol(_HeadTimeLimit, H11Protocol):
+    """`H11Protocol` with the head time limit, and 431 for a head that passes h11's bound.
+
+    h11 keeps the bytes of a head that is not complete in its receive buffer and raises an
+    error once they pass `h11_max_incomplete_event_size`. uvicorn answers that error, like any
+    request that is not valid HTTP, with 400. This protocol sends 431 when the buffer has passed
+    the bound. A head is awaited while h11's state for the client is IDLE.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        configured = self.config.h11_max_incomplete_event_size
+        self.max_head_bytes: int = configured or DEFAULT_MAX_HEAD_BYTES
+        self.head_timeout_seconds = get_settings().request_timeout_seconds
         self._head_started = None
-        if self.transport.is_closing():
-            return
-        client = self.client[0] if self.client else None
-        left_out = _head_warnings.take(time.monotonic())
-        if left_out is not None:
-            logger.warning(
-                "http.head_timeout limit_seconds=%s client=%s partial_head=%s "
-                "warnings_left_out=%s",
-                self.head_timeout_seconds, client, self._head_open, left_out,
-            )
-        # A connection that sent nothing, or only line breaks, is closed without a response.
-        if self._head_open:
-            self.transport.write(_TIMEOUT_RESPONSE)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_started = self.loop.time()
+        _HeadTimer.watch(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_started is None and self.conn.their_state is h11.IDLE:
+            self._head_started = self.loop.time()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._head_started = None
+        elif self._head_started is None and self.conn.trailing_data[0]:
+            # The read ended a request whose response was already sent, and began the next head.
+            self._head_started = self.loop.time()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # uvicorn has started the next cycle and parsed any pipelined bytes. A head that is
+        # still incomplete gets the whole limit from now, as uvicorn stops reading a
+        # connection while a response is due.
+        awaiting = self.conn.their_state is h11.IDLE
+        buffered = bool(self.conn.trailing_data[0])
+        self._head_started = self.loop.time() if awaiting and buffered else None
+
+    def send_400_response(self, msg: str) -> None:
+        if len(self.conn.trailing_data[0]) > self.max_head_bytes:
+            left_out = _head_warnings.take(time.monotonic())
+            if left_out is not None:
+                logger.warning(
+                    "http.head_too_large limit=%s client=%s warnings_left_out=%s",
+                    self.max_head_bytes, self.client[0] if self.client else None, left_out,
+                )
+            self.transport.write(_RESPONSE)
+        else:
+            self.transport.write(_BAD_REQUEST_RESPONSE)
         self.transport.close()
+
+    def _head_partial(self) -> bool:
+        # Unlike llhttp, h11 rejects line breaks before a request line (with the 400 above), so
+        # any byte it holds belongs to a head.
+        return bool(self.conn.trailing_data[0])
 
 
 class _HeadTimer:
@@ -232,7 +331,7 @@ class _HeadTimer:
 
     __slots__ = ("_connections", "_handle", "_loop", "_tick")
 
-    def __init__(self, protocol: BoundedHttpToolsProtocol) -> None:
+    def __init__(self, protocol: _HeadTimeLimit) -> None:
         self._connections = protocol.connections
         self._loop = weakref.ref(protocol.loop)
         tenth = protocol.head_timeout_seconds / 10
@@ -240,7 +339,7 @@ class _HeadTimer:
         self._handle: asyncio.TimerHandle | None = None
 
     @classmethod
-    def watch(cls, protocol: BoundedHttpToolsProtocol) -> None:
+    def watch(cls, protocol: _HeadTimeLimit) -> None:
         """Make sure the timer of `protocol`'s server is running."""
         timers = _head_timers.setdefault(protocol.loop, {})
         timer = timers.get(id(protocol.connections))
@@ -262,7 +361,7 @@ class _HeadTimer:
             return
         now = loop.time()
         for protocol in tuple(self._connections):
-            if isinstance(protocol, BoundedHttpToolsProtocol):
+            if isinstance(protocol, _HeadTimeLimit):
                 protocol.check_head_time(now)
         if self._connections:
             self._schedule()

@@ -3,7 +3,7 @@ time limit for every request.
 
 Header size is bounded first by the HTTP server: under `sso-provider serve`, uvicorn's parser
 closes the connection once it has buffered SSO_MAX_HEADER_BYTES of a head that is still
-incomplete (with a 431 from httptools, the default, or a 400 from h11). A head that arrives
+incomplete, with a 431 under either parser (`app.ops.http_protocol`). A head that arrives
 whole in one read reaches the app, and `RequestLimitsMiddleware` rejects it with a 431, as it
 does behind any other server. The callbacks are served ahead of this middleware, by
 `app.rum.asgi`, which applies the same header and time limits through the functions here.
