@@ -5,13 +5,13 @@ from __future__ import annotations
 import httpx
 import pytest
 from passlib.hash import bcrypt, pbkdf2_sha256
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.identity.passwords import PasswordHasher
 from app.identity.schemas import Address
 from app.identity.service import erase_user
-from app.models import LoginEvent, User
+from app.models import AuditEvent, LoginEvent, User
 from app.settings import Settings
 from tests.conftest import make_settings
 from tests.factories import DEFAULT_PASSWORD, make_user
@@ -180,6 +180,15 @@ class TestLogin:
         assert child_text(parse(response.content), "successful") == "true"
 
 
+async def make_disabled_user(
+    session: AsyncSession, hasher: PasswordHasher, password_hash: str
+) -> User:
+    return await make_user(
+        session, hasher, login="off@example.com", status="disabled", password=None,
+        password_hash=password_hash,
+    )
+
+
 class TestDisabledUserRehash:
     """A disabled user's correct password upgrades an outdated hash, on both login paths."""
 
@@ -191,10 +200,7 @@ class TestDisabledUserRehash:
         self, client: httpx.AsyncClient, session: AsyncSession, hasher: PasswordHasher
     ) -> None:
         legacy_hash = bcrypt.using(rounds=4).hash(DEFAULT_PASSWORD)
-        user = await make_user(
-            session, hasher, login="off@example.com", status="disabled", password=None,
-            password_hash=legacy_hash,
-        )
+        user = await make_disabled_user(session, hasher, legacy_hash)
 
         wrong = await client.post(
             "/rum/login", content=login_request("off@example.com", "wrong password"),
@@ -220,6 +226,43 @@ class TestDisabledUserRehash:
         assert upgraded.startswith("$argon2id$")
         assert hasher.context.verify(DEFAULT_PASSWORD, upgraded)
         assert list(reasons) == ["wrong_password", "disabled"]
+
+
+class TestLockoutStartRehash:
+    """The attempt that starts a lockout still upgrades a disabled user's outdated hash."""
+
+    @pytest.fixture(params=[0, 1000], ids=["driver path", "address throttling"])
+    def settings(self, request: pytest.FixtureRequest) -> Settings:
+        return make_settings(
+            throttle_account_max_failures=2, throttle_address_max_failures=request.param
+        )
+
+    async def test_correct_password_rehashes(
+        self, client: httpx.AsyncClient, session: AsyncSession, hasher: PasswordHasher
+    ) -> None:
+        user = await make_disabled_user(
+            session, hasher, bcrypt.using(rounds=4).hash(DEFAULT_PASSWORD)
+        )
+
+        await client.post(
+            "/rum/login", content=login_request("off@example.com", "wrong password"),
+            headers=basic_auth(),
+        )
+        # The second failure in the window starts the lockout.
+        right = await client.post(
+            "/rum/login", content=login_request("off@example.com", DEFAULT_PASSWORD),
+            headers=basic_auth(),
+        )
+        upgraded = await session.scalar(select(User.password_hash).where(User.id == user.id))
+        locks = await session.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "user.locked")
+        )
+
+        assert child_text(parse(right.content), "successful") == "false"
+        assert locks == 1
+        assert upgraded is not None
+        assert upgraded.startswith("$argon2id$")
+        assert hasher.context.verify(DEFAULT_PASSWORD, upgraded)
 
 
 class TestProfile:

@@ -244,14 +244,21 @@ async def authenticate(
     if not result.valid:
         return LoginResult(LoginOutcome.WRONG_PASSWORD, user)
     if result.replacement_hash is not None:
-        await session.execute(
-            update(User)
-            .where(User.id == user.id, User.password_hash == stored_hash)
-            .values(password_hash=result.replacement_hash)
-        )
+        await replace_outdated_hash(session, user.id, stored_hash, result.replacement_hash)
     if user.status != "active":
         return LoginResult(LoginOutcome.DISABLED, user)
     return LoginResult(LoginOutcome.SUCCESS, user)
+
+
+async def replace_outdated_hash(
+    session: AsyncSession, user_id: int, old_hash: str | None, new_hash: str
+) -> None:
+    """Store `new_hash` in place of `old_hash`, unless the hash changed since it was read."""
+    await session.execute(
+        update(User)
+        .where(User.id == user_id, User.password_hash == old_hash)
+        .values(password_hash=new_hash)
+    )
 
 
 async def erase_user(session: AsyncSession, user: User) -> None:

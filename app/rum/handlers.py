@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.identity.errors import InvalidValueError
 from app.identity.identifiers import ERID_RE, normalize_login
 from app.identity.passwords import PasswordHasher
-from app.identity.service import LoginOutcome, authenticate
+from app.identity.service import LoginOutcome, authenticate, replace_outdated_hash
 from app.ops.metrics import record_login
 from app.rum import xml
 from app.rum.attributes import returned_attributes
@@ -129,6 +129,9 @@ async def _handle_login_on_driver(context: CallbackContext, message: xml.LoginRe
     if reason is not None and new_lockout is not None:
         # Rare: this failure started a lockout, so the session also writes its audit event.
         account_locked(context.session, request, new_lockout, user.user_key if user else None)
+        if new_hash is not None and user is not None:
+            # A disabled user's correct password, as `finish_login` would store it.
+            await replace_outdated_hash(context.session, user.id, user.password_hash, new_hash)
         record_event(
             context.session, request, kind="login", outcome="failure", reason=reason,
             user_key=user.user_key if user is not None else None,
