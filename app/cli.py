@@ -126,12 +126,17 @@ def migrate() -> None:
     """Apply pending database migrations (safe to run from several replicas at once)."""
     settings = load_settings()
 
-    async def run() -> None:
+    async def run() -> tuple[str | None, str | None]:
         async with database_for_command(settings) as database:
+            before = await current_revision(database.engine)
             await upgrade_to_head(database.engine)
+            return before, await current_revision(database.engine)
 
-    run_database_command(run())
-    click.echo("database schema is up to date")
+    before, after = run_database_command(run())
+    if before == after:
+        click.echo(f"database schema is up to date at revision {after}")
+    else:
+        click.echo(f"database schema is now at revision {after} (it was at {before or 'none'})")
 
 
 @main.group()

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--{kind.replace('_', '-')}-rate",
             type=float,
             default=0.0,
-            help=f"Fraction of rows planted with a {kind.replace('_', ' ')} conflict.",
+            help=f"Fraction of rows planted with the conflict {kind} (0 to 1).",
         )
     args = parser.parse_args(argv)
     if args.existing_rate and args.existing_seed is None:

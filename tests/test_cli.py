@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import URL
 
 from app.db.engine import create_engine
+from app.db.migrate import head_revision
 from app.db.url import render
 from app.models import AuditEvent
 from tests.conftest import make_settings
@@ -190,10 +191,13 @@ class TestMigrate:
 
     def test_migrate_then_add(self, empty_database_url: URL) -> None:
         migrated = run_cli(empty_database_url, "migrate", stdin=None)
+        again = run_cli(empty_database_url, "migrate", stdin=None)
         added = run_cli(empty_database_url, "users", "add", "--login", "m@example.com", "--password-stdin")
 
         assert migrated.returncode == 0, migrated.stderr
-        assert "up to date" in migrated.stdout
+        assert f"now at revision {head_revision()} (it was at none)" in migrated.stdout
+        assert again.returncode == 0, again.stderr
+        assert f"up to date at revision {head_revision()}" in again.stdout
         assert added.returncode == 0, added.stderr
 
     def test_unreachable_database_reported_without_secrets(self) -> None:

@@ -255,3 +255,24 @@ def test_export_file_replaced_safely(source_database_url: URL, tmp_path: Path) -
     assert "cannot write" in missing.stderr
     assert "Traceback" not in missing.stderr
     assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".partial")]
+
+
+async def test_cli_export_of_hashes_audited(source_database_url: URL, tmp_path: Path) -> None:
+    _export(source_database_url, tmp_path / "plain.csv")
+    _export(source_database_url, tmp_path / "secret.ndjson", "--include-password-hashes")
+
+    engine = create_engine(source_database_url, make_settings())
+    try:
+        async with create_sessionmaker(engine)() as session:
+            events = (
+                await session.scalars(
+                    select(AuditEvent).where(AuditEvent.action == "users.export_password_hashes")
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+
+    assert len(events) == 1
+    assert events[0].actor_name == "cli"
+    assert events[0].actor_key_id is None
+    assert events[0].details == {"format": "ndjson"}

@@ -68,6 +68,18 @@ async def test_skip_invalid_exits_one_writes_valid(fresh_database_url: URL, tmp_
     assert await _count(fresh_database_url, "users") == 1
 
 
+async def test_skip_invalid_all_rejected_summary(
+    fresh_database_url: URL, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, "u.csv", "login,email\na@example.com,not-an-email\n")
+    result = run_cli(fresh_database_url, "users", "import", "--skip-invalid", str(path))
+
+    assert result.returncode == 1
+    summary = result.stdout.splitlines()[-1]
+    assert "nothing was written because every row was rejected" in summary
+    assert "--skip-invalid" not in summary
+
+
 async def test_dry_run_json_report(fresh_database_url: URL, tmp_path: Path) -> None:
     path = _write(tmp_path, "users.data", BAD)
     result = run_cli(

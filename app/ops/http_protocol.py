@@ -67,7 +67,8 @@ _RESPONSE = _closing_response(
 )
 _TIMEOUT_RESPONSE = _closing_response(
     b"408 Request Timeout",
-    b"the request line and headers took too long to arrive: send the whole head at once",
+    b"the request line and headers did not arrive within the time limit: send the complete head "
+    b"without long pauses",
 )
 _BAD_REQUEST_RESPONSE = _closing_response(
     b"400 Bad Request", b"the request is not valid HTTP/1.1: check the request line and headers"
@@ -267,7 +268,7 @@ class BoundedH11Protocol(_HeadTimeLimit, H11Protocol):
     """`H11Protocol` with the head time limit, and 431 for a head that passes h11's bound.
 
     h11 keeps the bytes of a head that is not complete in its receive buffer and raises an
-    error once they pass `h11_max_incomplete_event_size`. uvicorn answers that error, like any
+    error once they pass `h11_max_incomplete_event_size`. uvicorn responds to that error, like any
     request that is not valid HTTP, with 400. This protocol sends 431 when the buffer has passed
     the bound. A head is awaited while h11's state for the client is IDLE.
     """
@@ -318,7 +319,7 @@ class BoundedH11Protocol(_HeadTimeLimit, H11Protocol):
 
     def _head_partial(self) -> bool:
         # Unlike llhttp, h11 rejects line breaks before a request line (with the 400 above), so
-        # any byte it holds belongs to a head.
+        # any byte in its buffer belongs to a head.
         return bool(self.conn.trailing_data[0])
 
 

@@ -255,6 +255,8 @@ def _summary_text(summary: Any) -> str:
         outcome = "dry run: nothing was written"
     elif summary.written:
         outcome = f"{summary.rows_imported} users imported"
+    elif summary.rows_rejected and summary.skip_invalid:
+        outcome = "nothing was written because every row was rejected"
     elif summary.rows_rejected:
         outcome = "nothing was written because rows were rejected (see --skip-invalid)"
     else:
@@ -354,6 +356,18 @@ async def _run_export(settings: Any, options: Any, output: Path | None) -> int:
     written = 0
     async with database_for_command(settings) as database:
         await require_current_schema(database)
+        if options.include_password_hashes:
+            # As the admin API does, recorded before the first hash leaves the store.
+            from app.admin.audit import CLI_ACTOR, record_audit_event
+
+            async with database.sessionmaker() as session:
+                await record_audit_event(
+                    session,
+                    actor=CLI_ACTOR,
+                    action="users.export_password_hashes",
+                    details={"format": options.file_format},
+                )
+                await session.commit()
         with ExitStack() as stack:
             target: IO[str] = sys.stdout
             temporary: Path | None = None
