@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make run` installs the service alone; `make test` and the checks add the dev extras.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 # Development defaults for `make run` only; any of them can be overridden from the environment.
@@ -18,16 +20,22 @@ PYTEST_ARGS ?=
 
 CONSTRAINTS := docker/constraints.txt
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e .
+	@touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(RUN_STAMP) $(STAMP)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/sso-provider migrate
 	$(BIN)/sso-provider serve --host $(HOST) --port $(PORT)
 
