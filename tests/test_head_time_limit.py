@@ -8,6 +8,7 @@ take longer than the limit. `tests/test_request_limits.py` checks the same limit
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ from app.ops import http_protocol
 from tests.conftest import make_settings
 
 LIMIT_SECONDS = 1.0
+REQUEST_ID_HEADER = re.compile(rb"\r\nx-request-id: [0-9a-f]{32}\r\n")
 SLOW_SECONDS = 1.6
 
 
@@ -126,6 +128,8 @@ def test_partial_head_gets_408(port: int) -> None:
     assert received.startswith(b"HTTP/1.1 408 ")
     assert b"x-content-type-options: nosniff\r\n" in received
     assert b"connection: close\r\n" in received
+    assert REQUEST_ID_HEADER.search(received)
+    assert b"\r\ndate: " in received
     assert closed_after is not None
     assert closed_after >= LIMIT_SECONDS
 
@@ -147,6 +151,8 @@ def test_invalid_request_gets_400_with_headers(port: int) -> None:
     assert b"x-content-type-options: nosniff\r\n" in received
     assert b"cache-control: no-store\r\n" in received
     assert b"connection: close\r\n" in received
+    assert REQUEST_ID_HEADER.search(received)
+    assert b"\r\ndate: " in received
     assert closed_after is not None
 
 

@@ -318,6 +318,7 @@ class TestServedHeaderLimit:
             assert b"connection: close" in cut_off.lower()
             assert b"x-content-type-options: nosniff\r\n" in cut_off
             assert b"cache-control: no-store\r\n" in cut_off
+            assert b"\r\nx-request-id: " in cut_off
         # Arriving in one read, it is parsed whole and the app answers 431.
         assert whole.startswith(b"HTTP/1.1 431 ")
         assert b"headers_too_large" in whole

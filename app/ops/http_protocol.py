@@ -25,12 +25,14 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Iterable
 from typing import Any, Final
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.ops.logging import new_request_id
 from app.security.headers import API_RESPONSE_HEADERS
 from app.settings import get_settings
 
@@ -48,12 +50,15 @@ _MAX_TICK_SECONDS: Final = 1.0
 _MIN_TICK_SECONDS: Final = 0.01
 
 
-def _closing_response(status_line: bytes, message: bytes) -> bytes:
-    """Return a plain-text response that closes the connection, with the security headers that
-    the app's own responses carry."""
+def _closing_response(
+    status_line: bytes, message: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> bytes:
+    """Return a plain-text response that closes the connection, with `headers` and the security
+    headers that the app's own responses carry."""
     return (
         b"HTTP/1.1 " + status_line + b"\r\n"
-        b"content-type: text/plain; charset=utf-8\r\n"
+        + b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        + b"content-type: text/plain; charset=utf-8\r\n"
         b"content-length: " + str(len(message)).encode("ascii") + b"\r\n"
         + b"".join(name + b": " + value + b"\r\n" for name, value in API_RESPONSE_HEADERS)
         + b"connection: close\r\n"
@@ -61,16 +66,17 @@ def _closing_response(status_line: bytes, message: bytes) -> bytes:
     )
 
 
-_RESPONSE = _closing_response(
+# The status line and text of each response that the protocols send themselves.
+_HEAD_TOO_LARGE: Final = (
     b"431 Request Header Fields Too Large",
     b"the request line and headers are too large: send fewer or shorter headers",
 )
-_TIMEOUT_RESPONSE = _closing_response(
+_HEAD_TIMEOUT: Final = (
     b"408 Request Timeout",
     b"the request line and headers did not arrive within the time limit: send the complete head "
     b"without long pauses",
 )
-_BAD_REQUEST_RESPONSE = _closing_response(
+_BAD_REQUEST: Final = (
     b"400 Bad Request", b"the request is not valid HTTP/1.1: check the request line and headers"
 )
 
@@ -114,6 +120,7 @@ class _HeadTimeLimit:
 
     # Set by the protocol classes below, in uvicorn's protocols or in their own __init__.
     connections: set[Any]
+    server_state: Any
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     client: tuple[str, int] | None
@@ -124,6 +131,13 @@ class _HeadTimeLimit:
 
     def _head_partial(self) -> bool:
         raise NotImplementedError
+
+    def _respond_and_close(self, response: tuple[bytes, bytes], request_id: str) -> None:
+        """Send one of the protocol's own responses, with the Date header that uvicorn adds to
+        every response and `request_id` as X-Request-ID, then close the connection."""
+        headers = [*self.server_state.default_headers, (b"x-request-id", request_id.encode())]
+        self.transport.write(_closing_response(*response, headers))
+        self.transport.close()
 
     def check_head_time(self, now: float) -> None:
         """Close the connection if the head it awaits has taken longer than the limit.
@@ -141,18 +155,20 @@ class _HeadTimeLimit:
         if self.transport.is_closing():
             return
         partial = self._head_partial()
+        request_id = new_request_id()
         client = self.client[0] if self.client else None
         left_out = _head_warnings.take(time.monotonic())
         if left_out is not None:
             logger.warning(
-                "http.head_timeout limit_seconds=%s client=%s partial_head=%s "
+                "http.head_timeout limit_seconds=%s client=%s partial_head=%s request_id=%s "
                 "warnings_left_out=%s",
-                self.head_timeout_seconds, client, partial, left_out,
+                self.head_timeout_seconds, client, partial, request_id, left_out,
             )
         # A connection that sent nothing, or only line breaks, is closed without a response.
         if partial:
-            self.transport.write(_TIMEOUT_RESPONSE)
-        self.transport.close()
+            self._respond_and_close(_HEAD_TIMEOUT, request_id)
+        else:
+            self.transport.close()
 
 
 class BoundedHttpToolsProtocol(_HeadTimeLimit, HttpToolsProtocol):
@@ -231,12 +247,13 @@ class BoundedHttpToolsProtocol(_HeadTimeLimit, HttpToolsProtocol):
             self._reject()
 
     def _reject(self) -> None:
+        request_id = new_request_id()
         client = self.client[0] if self.client else None
         left_out = _head_warnings.take(time.monotonic())
         if left_out is not None:
             logger.warning(
-                "http.head_too_large limit=%s client=%s warnings_left_out=%s",
-                self.max_head_bytes, client, left_out,
+                "http.head_too_large limit=%s client=%s request_id=%s warnings_left_out=%s",
+                self.max_head_bytes, client, request_id, left_out,
             )
         cycle = self.cycle
         if self._head_open:
@@ -246,12 +263,12 @@ class BoundedHttpToolsProtocol(_HeadTimeLimit, HttpToolsProtocol):
         else:
             may_respond = cycle is not None and not cycle.response_started
         if may_respond:
-            self.transport.write(_RESPONSE)
-        self.transport.close()
+            self._respond_and_close(_HEAD_TOO_LARGE, request_id)
+        else:
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        self.transport.write(_BAD_REQUEST_RESPONSE)
-        self.transport.close()
+        self._respond_and_close(_BAD_REQUEST, new_request_id())
 
     def on_response_complete(self) -> None:
         if self._head_started is not None:
@@ -305,17 +322,18 @@ class BoundedH11Protocol(_HeadTimeLimit, H11Protocol):
         self._head_started = self.loop.time() if awaiting and buffered else None
 
     def send_400_response(self, msg: str) -> None:
-        if len(self.conn.trailing_data[0]) > self.max_head_bytes:
-            left_out = _head_warnings.take(time.monotonic())
-            if left_out is not None:
-                logger.warning(
-                    "http.head_too_large limit=%s client=%s warnings_left_out=%s",
-                    self.max_head_bytes, self.client[0] if self.client else None, left_out,
-                )
-            self.transport.write(_RESPONSE)
-        else:
-            self.transport.write(_BAD_REQUEST_RESPONSE)
-        self.transport.close()
+        request_id = new_request_id()
+        if len(self.conn.trailing_data[0]) <= self.max_head_bytes:
+            self._respond_and_close(_BAD_REQUEST, request_id)
+            return
+        left_out = _head_warnings.take(time.monotonic())
+        if left_out is not None:
+            logger.warning(
+                "http.head_too_large limit=%s client=%s request_id=%s warnings_left_out=%s",
+                self.max_head_bytes, self.client[0] if self.client else None, request_id,
+                left_out,
+            )
+        self._respond_and_close(_HEAD_TOO_LARGE, request_id)
 
     def _head_partial(self) -> bool:
         # Unlike llhttp, h11 rejects line breaks before a request line (with the 400 above), so

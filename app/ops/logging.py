@@ -478,6 +478,12 @@ def configure_logging(
     access.disabled = True
 
 
+def new_request_id() -> str:
+    """Return a new request id: 128 random bits in the form of a UUID's hex, without building a
+    UUID object."""
+    return os.urandom(16).hex()
+
+
 def _find_request_id(scope: Scope) -> str:
     """Return the caller's X-Request-ID when it is valid, otherwise a new random id."""
     for name, value in scope["headers"]:
@@ -485,8 +491,7 @@ def _find_request_id(scope: Scope) -> str:
             if _VALID_REQUEST_ID.fullmatch(value):
                 return str(value.decode("ascii"))
             break
-    # 128 random bits in the form of a UUID's hex, without building a UUID object.
-    return os.urandom(16).hex()
+    return new_request_id()
 
 
 class RequestContextMiddleware:
