@@ -53,6 +53,8 @@ class TestSourceAddress:
         [
             # No trusted proxy configured: the header is ignored.
             ("10.0.0.5", ["198.51.100.7"], False, "10.0.0.5"),
+            ("::ffff:10.0.0.5", ["198.51.100.7"], False, "10.0.0.5"),
+            ("2001:DB8:0::9", [], False, "2001:db8::9"),
             # Trusted peer: the right-most untrusted hop is the client.
             ("10.0.0.5", ["198.51.100.7"], True, "198.51.100.7"),
             ("10.0.0.5", ["203.0.113.66, 198.51.100.7, 10.1.1.1"], True, "198.51.100.7"),
@@ -74,6 +76,8 @@ class TestSourceAddress:
 
     def test_unparsable_peer_gives_none(self) -> None:
         assert source_address("testclient", ["198.51.100.7"], TRUSTED) is None
+        assert source_address("testclient", [], []) is None
+        assert source_address(None, [], []) is None
 
 
 class TestForwardedHeaderIgnoredByDefault:

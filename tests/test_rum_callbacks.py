@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import httpx
 import pytest
 from passlib.hash import bcrypt, pbkdf2_sha256
@@ -13,7 +15,7 @@ from app.identity.schemas import Address
 from app.identity.service import erase_user
 from app.models import AuditEvent, LoginEvent, User
 from app.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import RUM_PASSWORD, RUM_USERNAME, make_settings
 from tests.factories import DEFAULT_PASSWORD, make_user
 from tests.rum_messages import (
     COMMON_NS,
@@ -365,6 +367,54 @@ class TestProfile:
         assert child_text(parse(response.content), "errorMessage") == "User not found"
         assert event is not None
         assert (event.kind, event.reason, event.external_reference_id) == ("profile", "erased", erid)
+
+
+class TestCallerCredentials:
+    """Basic credentials written as most clients write them, and in other accepted forms."""
+
+    @pytest.mark.parametrize(
+        "authorization",
+        [
+            "Basic " + base64.b64encode(f"{RUM_USERNAME}:{RUM_PASSWORD}".encode()).decode(),
+            "basic " + base64.b64encode(f"{RUM_USERNAME}:{RUM_PASSWORD}".encode()).decode(),
+            "BASIC  " + base64.b64encode(f"{RUM_USERNAME}:{RUM_PASSWORD}".encode()).decode(),
+        ],
+        ids=["canonical", "lower-case scheme", "upper-case scheme, two spaces"],
+    )
+    async def test_accepted_forms(self, client: httpx.AsyncClient, authorization: str) -> None:
+        response = await client.post(
+            "/rum/user-profile", content=profile_request(SAMPLE_ERID),
+            headers={"Authorization": authorization, "Content-Type": "text/xml"},
+        )
+
+        assert response.status_code == 200
+
+    async def test_canonical_header_with_extra_byte_rejected(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        token = base64.b64encode(f"{RUM_USERNAME}:{RUM_PASSWORD}".encode()).decode()
+        response = await client.post(
+            "/rum/user-profile", content=profile_request(SAMPLE_ERID),
+            headers={"Authorization": f"Basic {token}x", "Content-Type": "text/xml"},
+        )
+
+        assert response.status_code == 401
+
+
+class TestCallerNameWithColon:
+    """A configured user name with a colon never matches: RFC 7617 splits at the first one."""
+
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(rum_username="dr:callbacks")
+
+    async def test_colon_name_rejected(self, client: httpx.AsyncClient) -> None:
+        response = await client.post(
+            "/rum/user-profile", content=profile_request(SAMPLE_ERID),
+            headers=basic_auth("dr:callbacks", RUM_PASSWORD),
+        )
+
+        assert response.status_code == 401
 
 
 class TestRequestErrors:

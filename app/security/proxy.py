@@ -41,6 +41,13 @@ def _parse_address(value: str) -> IPAddress | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
+def _address_text(value: str) -> str | None:
+    """Return the address in `value` in its standard text form, or None if it names none."""
+    address = _parse_address(value)
+    return None if address is None else str(address)
+
+
 def _is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
     return any(address in network for network in trusted)
 
@@ -56,11 +63,16 @@ def source_address(
     walk and the last trusted hop is used, so a malformed header never yields an address the
     client chose.
     """
-    peer_address = _parse_address(peer) if peer else None
-    if peer_address is None:
-        # Test clients and Unix sockets name no IP address.
+    if not peer:
+        # Unix sockets name no IP address.
         return None
-    if not trusted or not _is_trusted(peer_address, trusted):
+    if not trusted:
+        return _address_text(peer)
+    peer_address = _parse_address(peer)
+    if peer_address is None:
+        # Test clients name no IP address.
+        return None
+    if not _is_trusted(peer_address, trusted):
         return str(peer_address)
 
     hops = [item for value in header_values for item in value.split(",") if item.strip()]
