@@ -115,3 +115,45 @@ async def test_items_go_to_waiters_in_order() -> None:
 
     assert [await task for task in tasks] == [10, 20, 30]
     assert queue.empty()
+
+
+async def test_item_past_full_queue_goes_to_on_full() -> None:
+    queue: FairAsyncQueue[str] = FairAsyncQueue(1)
+    spilled: list[str] = []
+    queue.on_full = spilled.append
+    task = asyncio.create_task(queue.wait_for_item(None))
+    await asyncio.sleep(0)
+
+    # The waiter is handed one connection, another fills the queue, and then the waiter is
+    # cancelled before it runs.
+    queue.put_nowait("handed over")
+    queue.put_nowait("returned")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert spilled == ["handed over"]
+    assert queue.get_nowait() == "returned"
+
+
+async def test_pool_closes_connection_past_full_queue(shared_database_url: URL) -> None:
+    settings = make_settings(db_pool_size=1, db_max_overflow=1)
+    engine = create_engine(shared_database_url, settings)
+    try:
+        pool = engine.pool
+        assert isinstance(pool, FairAsyncQueuePool)
+        # Two connection records as the pool's checkout makes them, the second an overflow.
+        first = await greenlet_spawn(pool._do_get)
+        second = await greenlet_spawn(pool._do_get)
+        overflow_before = pool.overflow()
+        # The first one's checkin fills the queue, so the second has no room when a cancelled
+        # checkout passes it on.
+        await greenlet_spawn(pool._do_return_conn, first)
+        pool._return_later(second)
+        await asyncio.gather(*pool._returning)
+
+        assert pool.overflow() == overflow_before - 1
+        assert second.dbapi_connection is None
+        assert pool.checkedin() == 1
+    finally:
+        await engine.dispose()

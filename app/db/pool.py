@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
-from sqlalchemy.pool import AsyncAdaptedQueuePool
-from sqlalchemy.util.concurrency import await_
-from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.util.concurrency import await_, greenlet_spawn
+from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty, Full
 
 _T = TypeVar("_T")
 
@@ -32,6 +33,8 @@ class FairAsyncQueue(AsyncAdaptedQueue[_T]):
         super().__init__(maxsize, use_lifo)
         # Checkouts still waiting. One that gives up removes itself.
         self._waiters: deque[asyncio.Future[_T]] = deque()
+        # Takes an item that a cancelled checkout cannot pass on because the queue is full.
+        self.on_full: Callable[[_T], None] | None = None
 
     def put_nowait(self, item: _T) -> None:
         while self._waiters:
@@ -67,10 +70,15 @@ class FairAsyncQueue(AsyncAdaptedQueue[_T]):
                 if isinstance(error, TimeoutError):
                     # The item arrived just as the time ran out, so the checkout succeeded.
                     return waiter.result()
-                # The caller was cancelled after the hand-over, so the item goes on.
-                # NOTE: if connections returned in the meantime filled the queue, this raises Full
-                # and leaves this connection open. Only an overflow connection can hit that.
-                self.put_nowait(waiter.result())
+                # The caller was cancelled after the hand-over, so the item goes on. Connections
+                # returned in the meantime may have filled the queue, and then the item is one
+                # too many (an overflow connection).
+                try:
+                    self.put_nowait(waiter.result())
+                except Full:
+                    if self.on_full is None:
+                        raise
+                    self.on_full(waiter.result())
             else:
                 waiter.cancel()
                 # A put_nowait may already have dropped the cancelled waiter.
@@ -85,3 +93,21 @@ class FairAsyncQueuePool(AsyncAdaptedQueuePool):
     """`AsyncAdaptedQueuePool` that serves waiting checkouts in arrival order."""
 
     _queue_class: Any = FairAsyncQueue
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(FairAsyncQueue[ConnectionPoolEntry], self._pool).on_full = self._return_later
+        self._returning: set[asyncio.Task[None]] = set()
+
+    def _return_later(self, record: ConnectionPoolEntry) -> None:
+        """Return a connection that a cancelled checkout was handed, as a checkin would.
+
+        The queue calls this on the event loop, outside SQLAlchemy's greenlets, and closing a
+        connection needs one, so a task runs SQLAlchemy's return: back into the queue if it has
+        room by then, else closed, with the overflow count lowered.
+        """
+        task = asyncio.get_running_loop().create_task(
+            greenlet_spawn(self._do_return_conn, record)
+        )
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
