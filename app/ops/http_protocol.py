@@ -112,25 +112,46 @@ _head_warnings = WarningBudget(count=20, period_seconds=60.0)
 
 
 class _HeadTimeLimit:
-    """The time limit on a request head's arrival, for a uvicorn protocol.
+    """The bounds on a request head's size and arrival time, for a uvicorn protocol.
 
-    The protocol starts `_head_started` when a head's clock starts and clears it when the head
-    is complete, and `_head_partial` returns whether any bytes of a head have arrived.
+    It comes before uvicorn's protocol class in the bases. The protocol starts `_head_started`
+    when a head's clock starts and clears it when the head is complete, and `_head_partial`
+    returns whether any bytes of a head have arrived.
     """
 
-    # Set by the protocol classes below, in uvicorn's protocols or in their own __init__.
+    # Set by uvicorn's protocol classes.
+    config: Any
     connections: set[Any]
     server_state: Any
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     client: tuple[str, int] | None
     cycle: Any
-    head_timeout_seconds: float
-    # Loop time at which the awaited head's clock started; None while no head is awaited.
-    _head_started: float | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        configured = self.config.h11_max_incomplete_event_size
+        self.max_head_bytes: int = configured or DEFAULT_MAX_HEAD_BYTES
+        self.head_timeout_seconds: float = get_settings().request_timeout_seconds
+        # Loop time at which the awaited head's clock started; None while no head is awaited.
+        self._head_started: float | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._head_started = self.loop.time()
+        _HeadTimer.watch(self)
 
     def _head_partial(self) -> bool:
         raise NotImplementedError
+
+    def _warn_head_too_large(self, request_id: str) -> None:
+        left_out = _head_warnings.take(time.monotonic())
+        if left_out is not None:
+            logger.warning(
+                "http.head_too_large limit=%s client=%s request_id=%s warnings_left_out=%s",
+                self.max_head_bytes, self.client[0] if self.client else None, request_id,
+                left_out,
+            )
 
     def _respond_and_close(self, response: tuple[bytes, bytes], request_id: str) -> None:
         """Send one of the protocol's own responses, with the Date header that uvicorn adds to
@@ -185,20 +206,11 @@ class BoundedHttpToolsProtocol(_HeadTimeLimit, HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        configured = self.config.h11_max_incomplete_event_size
-        self.max_head_bytes: int = configured or DEFAULT_MAX_HEAD_BYTES
-        self.head_timeout_seconds: float = get_settings().request_timeout_seconds
         self._head_open = False
         self._between_messages = True
         self._heads_begun = 0
         self._progress = False
         self._open_bytes = 0
-        self._head_started = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._head_started = self.loop.time()
-        _HeadTimer.watch(self)
 
     def on_message_begin(self) -> None:
         self._head_open = True
@@ -248,13 +260,7 @@ class BoundedHttpToolsProtocol(_HeadTimeLimit, HttpToolsProtocol):
 
     def _reject(self) -> None:
         request_id = new_request_id()
-        client = self.client[0] if self.client else None
-        left_out = _head_warnings.take(time.monotonic())
-        if left_out is not None:
-            logger.warning(
-                "http.head_too_large limit=%s client=%s request_id=%s warnings_left_out=%s",
-                self.max_head_bytes, client, request_id, left_out,
-            )
+        self._warn_head_too_large(request_id)
         cycle = self.cycle
         if self._head_open:
             # An earlier request on this connection may still be running, and a 431 now would
@@ -290,18 +296,6 @@ class BoundedH11Protocol(_HeadTimeLimit, H11Protocol):
     the bound. A head is awaited while h11's state for the client is IDLE.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        configured = self.config.h11_max_incomplete_event_size
-        self.max_head_bytes: int = configured or DEFAULT_MAX_HEAD_BYTES
-        self.head_timeout_seconds = get_settings().request_timeout_seconds
-        self._head_started = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._head_started = self.loop.time()
-        _HeadTimer.watch(self)
-
     def data_received(self, data: bytes) -> None:
         if self._head_started is None and self.conn.their_state is h11.IDLE:
             self._head_started = self.loop.time()
@@ -326,13 +320,7 @@ class BoundedH11Protocol(_HeadTimeLimit, H11Protocol):
         if len(self.conn.trailing_data[0]) <= self.max_head_bytes:
             self._respond_and_close(_BAD_REQUEST, request_id)
             return
-        left_out = _head_warnings.take(time.monotonic())
-        if left_out is not None:
-            logger.warning(
-                "http.head_too_large limit=%s client=%s request_id=%s warnings_left_out=%s",
-                self.max_head_bytes, self.client[0] if self.client else None, request_id,
-                left_out,
-            )
+        self._warn_head_too_large(request_id)
         self._respond_and_close(_HEAD_TOO_LARGE, request_id)
 
     def _head_partial(self) -> bool:
