@@ -66,7 +66,7 @@ async def run_fetches(database_url: str, calls: int) -> None:
     async with app.router.lifespan_context(app):
         for number in range(WARM_UP_CALLS):
             if await post_profile(app, authorization, number) != 200:
-                raise SystemExit("the warm-up fetch did not return 200")
+                raise SystemExit("the warm-up profile fetch failed: its status was not 200")
         for number in range(calls):
             await post_profile(app, authorization, number)
 
@@ -92,7 +92,7 @@ def count_instructions(database_url: str, calls: int, workdir: Path) -> int:
         subprocess.run(command, check=True, stdout=discard, stderr=discard, env=environment)
     match = _TOTALS.search(output.read_text(encoding="utf-8", errors="replace"))
     if match is None:
-        raise SystemExit(f"no instruction total in {output}")
+        raise SystemExit(f"callgrind wrote no instruction total to {output}: check valgrind")
     return int(match.group(1))
 
 

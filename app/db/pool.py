@@ -33,7 +33,7 @@ class FairAsyncQueue(AsyncAdaptedQueue[_T]):
         super().__init__(maxsize, use_lifo)
         # Checkouts still waiting. One that gives up removes itself.
         self._waiters: deque[asyncio.Future[_T]] = deque()
-        # Takes an item that a cancelled checkout cannot pass on because the queue is full.
+        # Callback for an item that a cancelled checkout cannot pass on because the queue is full.
         self.on_full: Callable[[_T], None] | None = None
 
     def put_nowait(self, item: _T) -> None:
@@ -102,9 +102,9 @@ class FairAsyncQueuePool(AsyncAdaptedQueuePool):
     def _return_later(self, record: ConnectionPoolEntry) -> None:
         """Return a connection that a cancelled checkout was handed, as a checkin would.
 
-        The queue calls this on the event loop, outside SQLAlchemy's greenlets, and closing a
-        connection needs one, so a task runs SQLAlchemy's return: back into the queue if it has
-        room by then, else closed, with the overflow count lowered.
+        The queue calls this outside SQLAlchemy's greenlets, and closing a connection needs one,
+        so a task runs SQLAlchemy's checkin. That puts the connection back into the queue if
+        there is room by then, and otherwise closes it and lowers the overflow count.
         """
         task = asyncio.get_running_loop().create_task(
             greenlet_spawn(self._do_return_conn, record)
