@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from app.db.url import to_libpq_dsn
-from tests.transfer_helpers import PROJECT_ROOT, cli_environment, run_cli
+from tests.transfer_helpers import PROJECT_ROOT, cli_environment, run_cli, store_checks
 
 GOOD = "login,external_reference_id,email\na@example.com,A-1,a@example.com\nb@example.com,B-1,\n"
 BAD = GOOD + "c@example.com,a-1,not-an-email\n"
@@ -28,6 +28,14 @@ async def _count(url: URL, table: str) -> int:
     connection = await asyncpg.connect(to_libpq_dsn(url))
     try:
         return int(await connection.fetchval(f"SELECT count(*) FROM {table}"))
+    finally:
+        await connection.close()
+
+
+async def _checks(url: URL) -> dict[tuple[str, str, str], int]:
+    connection = await asyncpg.connect(to_libpq_dsn(url))
+    try:
+        return await store_checks(connection)
     finally:
         await connection.close()
 
@@ -143,33 +151,43 @@ def large_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _kill_import_during(database_url: URL, file: Path, phase: str) -> int:
-    """Start an import, SIGKILL it once it reports `phase`, and return its exit status."""
+    """Start an import, SIGKILL it once it reports `phase`, and return its exit status.
+
+    The file goes in as a path, which takes the direct path ("inserting while reading"), or on
+    standard input, which cannot be read twice and takes the staged path ("reading", then
+    "checking" and "inserting").
+    """
+    direct = phase == "inserting while reading"
+    # On the staged path, a pipe: standard input from a file could be read twice.
+    feeder = None if direct else subprocess.Popen(["cat", str(file)], stdout=subprocess.PIPE)
     process = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("sso-provider")),
             "users",
             "import",
-            str(file),
+            str(file) if direct else "-",
+            "--format",
+            "csv",
             "--batch-rows",
             "1000",
         ],
         cwd=PROJECT_ROOT,
         env=cli_environment(database_url),
+        stdin=subprocess.DEVNULL if feeder is None else feeder.stdout,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+    if feeder is not None and feeder.stdout is not None:
+        feeder.stdout.close()  # the import holds its own copy
     assert process.stderr is not None
     deadline = time.monotonic() + 200
     seen: list[str] = []
     try:
         for line in process.stderr:
             seen.append(line)
-            if phase == "reading" and "reading" in line and "rows read" in line:
-                rows_read = int(line.split(": ")[2].split(" ")[0])
-                if rows_read >= 3000:
-                    break
-            if phase == "inserting" and "import: inserting" in line:
+            # The first line of a phase comes once its first batch is done.
+            if line.startswith(f"import: {phase}: ") and " 0 rows read" not in line:
                 break
             assert time.monotonic() < deadline, "import never reached the phase"
         else:
@@ -178,19 +196,43 @@ def _kill_import_during(database_url: URL, file: Path, phase: str) -> int:
     finally:
         process.kill()
         process.wait(timeout=30)
+        if feeder is not None:
+            feeder.kill()
+            feeder.wait(timeout=30)
     return process.returncode
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase", ["reading", "inserting"])
+@pytest.mark.parametrize("phase", ["inserting while reading", "reading", "inserting"])
 async def test_killed_import_leaves_store_unchanged(
     fresh_database_url: URL, large_file: Path, phase: str
 ) -> None:
+    # On the direct path the file is large enough for the exclusive load, which drops
+    # constraints and indexes.
+    checks_before = await _checks(fresh_database_url)
     assert _kill_import_during(fresh_database_url, large_file, phase) == -signal.SIGKILL
 
     for table in ("users", "issued_identifiers", "user_addresses", "user_attributes"):
         assert await _count(fresh_database_url, table) == 0, table
     assert await _count(fresh_database_url, "audit_events") == 0
+    assert await _checks(fresh_database_url) == checks_before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exclusive", [True, False], ids=["exclusive", "no-exclusive-load"])
+async def test_large_import_into_empty_store(
+    fresh_database_url: URL, large_file: Path, exclusive: bool
+) -> None:
+    checks_before = await _checks(fresh_database_url)
+    flags = [] if exclusive else ["--no-exclusive-load"]
+    result = run_cli(fresh_database_url, "users", "import", str(large_file), *flags)
+    assert result.returncode == 0, result.stderr
+    assert ("import: indexing" in result.stderr) is exclusive
+    assert await _count(fresh_database_url, "users") == 30000
+    checks_after = await _checks(fresh_database_url)
+    assert set(checks_after) == set(checks_before)
+    recreated = {key for key in checks_before if checks_before[key] != checks_after[key]}
+    assert bool(recreated) is exclusive
 
 
 def _run_on_terminal(database_url: URL, file: Path) -> tuple[int, str]:

@@ -70,3 +70,26 @@ def run_cli(
         timeout=240,
         check=False,
     )
+
+
+# Every constraint and index of the tables an import fills, with its OID. The definitions are
+# what the store guarantees, and a changed OID shows that an import dropped and recreated it.
+_CHECKS_SQL = """
+SELECT conrelid::regclass::text, conname::text, pg_get_constraintdef(oid), oid::bigint
+FROM pg_constraint
+WHERE conrelid IN ('users'::regclass, 'user_addresses'::regclass, 'user_attributes'::regclass)
+UNION ALL
+SELECT indrelid::regclass::text, indexrelid::regclass::text, pg_get_indexdef(indexrelid),
+       indexrelid::bigint
+FROM pg_index
+WHERE indrelid IN ('users'::regclass, 'user_addresses'::regclass, 'user_attributes'::regclass)
+"""
+
+
+async def store_checks(connection: Any) -> dict[tuple[str, str, str], int]:
+    """Map each constraint's and index's (table, name, definition) to its OID.
+
+    `connection` is an asyncpg connection.
+    """
+    rows = await connection.fetch(_CHECKS_SQL)
+    return {(table, name, definition): oid for table, name, definition, oid in rows}

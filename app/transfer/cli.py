@@ -140,6 +140,14 @@ def _format_error(error: RowError) -> str:
     help="Processes that validate rows in parallel with the COPY into staging; 1 validates "
     "in the importing process.",
 )
+@click.option(
+    "--no-exclusive-load",
+    "exclusive_load",
+    flag_value=False,
+    default=True,
+    help="Into an empty store too, check and index row by row without locking the user "
+    "tables, so that the running service can answer meanwhile (slower).",
+)
 def import_users(
     file: Path,
     file_format: str | None,
@@ -149,6 +157,7 @@ def import_users(
     as_json: bool,
     batch_rows: int,
     workers: int,
+    exclusive_load: bool,
 ) -> None:
     """Import users from a CSV or NDJSON FILE ('-' reads standard input).
 
@@ -169,6 +178,7 @@ def import_users(
         skip_invalid=skip_invalid,
         allow_plain_passwords=allow_plain_passwords,
         batch_rows=batch_rows,
+        exclusive_load=exclusive_load,
         created_via="import",
         actor_name="cli",
         source_name=file.name if str(file) != "-" else "stdin",

@@ -19,6 +19,15 @@ A plain import of a seekable file first tries a direct path (`Importer._insert_w
 each batch goes into the live tables as soon as it is validated, inside a savepoint. The first
 row error or rejected insert rolls the savepoint back, and the import restarts on the staged
 path above, so the report and the result are the same.
+
+When that direct path fills an empty store from a file of at least
+`ImportOptions.exclusive_min_bytes`, it follows PostgreSQL's advice for bulk loads
+(`_set_aside_checks`). It locks the three user tables, drops the unique constraints and the
+indexes of `users` (but not its primary key) and the foreign keys of addresses and attributes,
+and recreates them from their catalog definitions after the last batch. PostgreSQL then builds
+each index in one sort and checks each foreign key in one join, instead of row by row. The DDL
+is part of the import's transaction, so a rolled-back import restores them, and the lock keeps
+every other transaction from seeing the tables without them.
 """
 
 # ruff: noqa: S608 - the SQL is assembled from constant column and table names only; values are bind parameters.
@@ -26,6 +35,7 @@ path above, so the report and the result are the same.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import multiprocessing
@@ -129,6 +139,31 @@ _STAGING_TABLES = (
     *_BATCH_TABLES,
 )
 _DIRECT_SAVEPOINT = "import_direct"
+_SET_ASIDE_SAVEPOINT = "import_set_aside"
+
+# The constraints that an import into an empty store sets aside: those that make `users` rows
+# unique, then the foreign keys to `users` from the tables an import fills. Next, the indexes
+# of `users` that belong to no constraint. The primary key stays, since the foreign keys refer
+# to it. The ledger's indexes stay too, and catch a reused ERID or userKey as each batch goes
+# in. Each comes back from its catalog definition, so what is recreated follows the migrations.
+_SET_ASIDE_CONSTRAINTS_SQL = """
+SELECT conrelid::regclass::text, quote_ident(conname), pg_get_constraintdef(oid)
+FROM pg_constraint
+WHERE (contype = 'u' AND conrelid = 'users'::regclass)
+   OR (contype = 'f' AND confrelid = 'users'::regclass
+       AND conrelid IN ('user_addresses'::regclass, 'user_attributes'::regclass))
+ORDER BY contype = 'f', conrelid::regclass::text, conname
+"""
+_SET_ASIDE_INDEXES_SQL = """
+SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid)
+FROM pg_index
+WHERE indrelid = 'users'::regclass
+  AND NOT EXISTS (SELECT FROM pg_constraint WHERE conindid = indexrelid)
+ORDER BY indexrelid::regclass::text
+"""
+# Smaller files load row by row even into an empty store. They take little time either way,
+# and then need no lock.
+DEFAULT_EXCLUSIVE_MIN_BYTES = 1024 * 1024
 
 
 def _duplicate_in_file_sql(
@@ -304,6 +339,10 @@ class _DirectPathStopped(Exception):
     """A batch had a row error, so the import continues on the staged path."""
 
 
+class _StoreNotEmpty(Exception):
+    """A user appeared before the lock was granted, so the checks stay in place."""
+
+
 @dataclass(frozen=True, slots=True)
 class ImportOptions:
     file_format: FileFormat
@@ -317,6 +356,19 @@ class ImportOptions:
     actor_name: str = "cli"
     actor_key_id: uuid.UUID | None = None
     source_name: str | None = None
+    # Whether a plain import into an empty store may lock the user tables and build their
+    # constraints and indexes after loading, for files of at least `exclusive_min_bytes` (see
+    # the module's docstring).
+    exclusive_load: bool = True
+    exclusive_min_bytes: int = DEFAULT_EXCLUSIVE_MIN_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class _SetAside:
+    """Constraints and indexes dropped for a load, with the SQL that recreates each."""
+
+    constraints: list[tuple[str, str, str]]
+    indexes: list[tuple[str, str]]
 
 
 @dataclass(slots=True)
@@ -632,6 +684,8 @@ class Importer:
         if not self._direct_path_allowed(source):
             return False
         start = source.tell()
+        size = source.seek(0, io.SEEK_END) - start
+        source.seek(start)
         records = self._records(source)
         await connection.execute(f"SAVEPOINT {_DIRECT_SAVEPOINT}", timeout=BULK_TIMEOUT_SECONDS)
         await connection.execute(
@@ -641,6 +695,7 @@ class Importer:
             timeout=BULK_TIMEOUT_SECONDS,
         )
         try:
+            set_aside = await self._set_aside_checks(connection, size)
             await self._stage_in_thread(
                 connection,
                 _batches(records, self.options.batch_rows),
@@ -648,6 +703,9 @@ class Importer:
                 prepare_records=True,
                 send=self._copy_batch,
             )
+            if set_aside is not None:
+                self._tick("indexing")
+                await _restore_checks(connection, set_aside)
         except (_DirectPathStopped, asyncpg.IntegrityConstraintViolationError) as exc:
             logger.info(
                 "import.direct_path_stopped reason=%s rows_read=%d",
@@ -676,6 +734,61 @@ class Importer:
             self.summary.written = True
             await self._record_audit_event(connection)
         return True
+
+    async def _set_aside_checks(
+        self, connection: asyncpg.Connection, size: int
+    ) -> _SetAside | None:
+        """Drop the constraints and indexes that `_restore_checks` rebuilds; None if kept.
+
+        This happens only in an empty store, for a file of at least `exclusive_min_bytes`. The
+        lock is taken with NOWAIT, after a first look without it, so that an import never
+        queues for a lock that other transactions would then queue behind. Any other
+        transaction that uses the tables, a user that exists, or a role that may not alter the
+        tables leaves everything in place, and the import checks row by row as usual.
+        """
+        if not self.options.exclusive_load or size < self.options.exclusive_min_bytes:
+            return None
+        if await connection.fetchval("SELECT EXISTS (SELECT FROM users)"):
+            return None
+        await connection.execute(f"SAVEPOINT {_SET_ASIDE_SAVEPOINT}")
+        try:
+            await connection.execute(
+                "LOCK TABLE users, user_addresses, user_attributes IN ACCESS EXCLUSIVE MODE NOWAIT"
+            )
+            if await connection.fetchval("SELECT EXISTS (SELECT FROM users)"):
+                raise _StoreNotEmpty
+            set_aside = _SetAside(
+                constraints=[
+                    (table, name, definition)
+                    for table, name, definition in await connection.fetch(
+                        _SET_ASIDE_CONSTRAINTS_SQL
+                    )
+                ],
+                indexes=[
+                    (name, definition)
+                    for name, definition in await connection.fetch(_SET_ASIDE_INDEXES_SQL)
+                ],
+            )
+            for table, name, _ in reversed(set_aside.constraints):
+                await connection.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
+            for name, _ in set_aside.indexes:
+                await connection.execute(f"DROP INDEX {name}")
+        except (
+            _StoreNotEmpty,
+            asyncpg.LockNotAvailableError,
+            asyncpg.InsufficientPrivilegeError,
+        ) as exc:
+            logger.info("import.exclusive_load_skipped reason=%s", type(exc).__name__)
+            await connection.execute(f"ROLLBACK TO SAVEPOINT {_SET_ASIDE_SAVEPOINT}")
+            await connection.execute(f"RELEASE SAVEPOINT {_SET_ASIDE_SAVEPOINT}")
+            return None
+        await connection.execute(f"RELEASE SAVEPOINT {_SET_ASIDE_SAVEPOINT}")
+        logger.info(
+            "import.exclusive_load constraints=%d indexes=%d",
+            len(set_aside.constraints),
+            len(set_aside.indexes),
+        )
+        return set_aside
 
     async def _copy_batch(self, connection: asyncpg.Connection, result: BatchResult) -> None:
         self.summary.rows_read += result.rows_read
@@ -853,6 +966,17 @@ class Importer:
             outcome = self.report(error)
             if outcome is not None:
                 await outcome
+
+
+async def _restore_checks(connection: asyncpg.Connection, set_aside: _SetAside) -> None:
+    """Recreate what `Importer._set_aside_checks` dropped; a foreign key is checked on adding."""
+    for _, definition in set_aside.indexes:
+        await connection.execute(definition, timeout=BULK_TIMEOUT_SECONDS)
+    for table, name, definition in set_aside.constraints:
+        await connection.execute(
+            f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}",
+            timeout=BULK_TIMEOUT_SECONDS,
+        )
 
 
 async def _report_rows(connection: asyncpg.Connection) -> AsyncIterator[RowError]:

@@ -147,6 +147,8 @@ async def create_import(
         actor_name=key.name,
         actor_key_id=key.id,
         source_name="request body",
+        # The service serves callbacks meanwhile, so imports over HTTP never lock the user tables.
+        exclusive_load=False,
     )
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY_BYTES) as body:
         async for chunk in request.stream():
