@@ -125,6 +125,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="Keep the benchmark database.")
     parser.add_argument("--batch-rows", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=1, help="Passed to users import.")
+    parser.add_argument(
+        "--no-exclusive-load",
+        action="store_true",
+        help="Passed to users import: check and index row by row, without locking the tables.",
+    )
     args = parser.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -172,6 +177,7 @@ def main() -> int:
                 str(args.batch_rows),
                 "--workers",
                 str(args.workers),
+                *(["--no-exclusive-load"] if args.no_exclusive_load else []),
             ],
             env=environment,
             stdout=subprocess.PIPE,
@@ -203,6 +209,7 @@ def main() -> int:
         "generation_seconds": generation_seconds,
         "exit_code": process.returncode,
         "workers": args.workers,
+        "exclusive_load": not args.no_exclusive_load,
         "users_imported": imported,
         "seconds": round(seconds, 1),
         "users_per_second": round(imported / seconds) if seconds else None,

@@ -9,15 +9,21 @@ import logging
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.db.engine import create_engine, create_sessionmaker
 from app.identity.passwords import PasswordHasher
 from app.models import User
+from app.settings import Settings
 from app.transfer import importer as importer_module
 from app.transfer.importer import raw_connection
+from tests.conftest import make_settings
 from tests.factories import make_user
+from tests.rum_messages import basic_auth, child_text, parse, profile_request
 from tests.transfer_helpers import run_import, store_checks
 
 HEADER = ["external_reference_id", "login", "shipping_address.country", "attributes.tier"]
@@ -175,30 +181,81 @@ async def test_conflict_found_by_a_rebuilt_constraint_is_reported(
     assert await _checks(session) == before
 
 
+def _pause_second_copy(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make imports wait before their second COPY, holding their lock; return (paused, resume).
+
+    The first batch is loaded by then, so the constraints and indexes are dropped.
+    """
+    paused = asyncio.Event()
+    resume = asyncio.Event()
+    copies = 0
+    copy_batch = importer_module.copy_batch
+
+    async def second_copy_pauses(*args: Any, **kwargs: Any) -> None:
+        nonlocal copies
+        copies += 1
+        if copies == 2:
+            paused.set()
+            await resume.wait()
+        await copy_batch(*args, **kwargs)
+
+    monkeypatch.setattr(importer_module, "copy_batch", second_copy_pauses)
+    return paused, resume
+
+
 async def test_cancelled_import_keeps_every_check(
     session: AsyncSession, hasher: PasswordHasher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = await _checks(session)
-    copying = asyncio.Event()
-    copies = 0
-    copy_batch = importer_module.copy_batch
-
-    async def second_copy_waits(*args: Any, **kwargs: Any) -> None:
-        nonlocal copies
-        copies += 1
-        if copies == 2:
-            copying.set()
-            await asyncio.Event().wait()  # until cancelled
-        await copy_batch(*args, **kwargs)
-
-    monkeypatch.setattr(importer_module, "copy_batch", second_copy_waits)
+    paused, _ = _pause_second_copy(monkeypatch)
     task = asyncio.create_task(
         run_import(session, hasher, _csv(12), batch_rows=5, exclusive_min_bytes=0)
     )
-    await asyncio.wait_for(copying.wait(), timeout=30)
+    await asyncio.wait_for(paused.wait(), timeout=30)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await session.rollback()
     assert await session.scalar(select(func.count()).select_from(User)) == 0
     assert await _checks(session) == before
+
+
+@pytest.fixture
+def settings() -> Settings:
+    # A callback that waits for the import's lock gives up after this long.
+    return make_settings(db_lock_timeout_ms=200)
+
+
+async def test_fetch_during_exclusive_load_is_retried(
+    committed_client: httpx.AsyncClient,
+    fresh_database_url: URL,
+    hasher: PasswordHasher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    paused, resume = _pause_second_copy(monkeypatch)
+    engine = create_engine(fresh_database_url, make_settings())
+    try:
+        async with create_sessionmaker(engine)() as session:
+            task = asyncio.create_task(
+                run_import(session, hasher, _csv(12), batch_rows=5, exclusive_min_bytes=0)
+            )
+            await asyncio.wait_for(paused.wait(), timeout=30)
+
+            waiting = await committed_client.post(
+                "/rum/user-profile", content=profile_request("BULK-1"), headers=basic_auth()
+            )
+            resume.set()
+            summary, errors = await task
+    finally:
+        await engine.dispose()
+
+    assert waiting.status_code == 503
+    assert waiting.headers["Retry-After"]
+    assert (errors, summary.rows_imported) == ([], 12)
+    found = await committed_client.post(
+        "/rum/user-profile", content=profile_request("BULK-1"), headers=basic_auth()
+    )
+    assert found.status_code == 200
+    assert child_text(parse(found.content), "userInfo", "userKey", "externalReferenceID") == (
+        "BULK-1"
+    )
