@@ -14,7 +14,6 @@ routes.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.ops.deadlines import time_limit
 from app.ops.logging import begin_request, end_request
 from app.problems import unexpected_error
 from app.rum.routes import ACCEPTED_MESSAGES, RETRY_AFTER_SECONDS, serve_callback, xml_error
@@ -120,7 +120,7 @@ class CallbackServer:
             await respond(response)
             return response.status_code, None
         try:
-            async with asyncio.timeout(self.timeout) as deadline:
+            async with time_limit(self.timeout) as deadline:
                 request = Request(scope, timed_receive, send)
                 try:
                     response = await serve_callback(request, accepted)

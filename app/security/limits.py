@@ -15,7 +15,6 @@ are XML, on every other path problem details.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -26,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.ops.deadlines import time_limit
 from app.problems import (
     PROBLEM_TYPES,
     FieldError,
@@ -203,7 +203,7 @@ class RequestLimitsMiddleware:
 
         try:
             timeout = None if scope["path"] in UNTIMED_PATHS else self.timeout
-            async with asyncio.timeout(timeout) as deadline:
+            async with time_limit(timeout) as deadline:
                 await self.app(scope, limited_receive, tracked_send)
         except HTTPException:
             if not body_rejected:
