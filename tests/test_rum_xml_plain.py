@@ -484,6 +484,12 @@ NOT_PLAIN_DOCUMENTS = [
     pytest.param(insert_after_declaration(b"<?app instruction?>"), id="instruction-at-top"),
     pytest.param(insert_before_user_key(b"<?app instruction?>"), id="instruction-in-root"),
     pytest.param(LOGIN_REQUEST.replace(b"123123", b"123\xc3\xa9"), id="non-ascii"),
+    pytest.param(
+        b"<!DOCTYPE r>" + LOGIN_REQUEST.split(b"?>", 1)[1], id="doctype-without-declaration"
+    ),
+    pytest.param(
+        b"<!-- c -->" + LOGIN_REQUEST.split(b"?>", 1)[1], id="comment-without-declaration"
+    ),
 ]
 
 
@@ -495,6 +501,18 @@ def test_markup_not_plain(body: bytes) -> None:
     assert not rum_xml._is_plain(document, MAX_DEPTH, MAX_ELEMENTS, None)
     assert rum_xml._parse_plain(document, MAX_DEPTH, MAX_ELEMENTS, None) is None
     assert_same_outcome(body)
+
+
+def test_start_tags_counted_without_end_tags() -> None:
+    document = rum_xml._to_utf8(LOGIN_REQUEST)
+    markup = document.count(b"<")
+    start_tags = markup - document.count(b"</")
+
+    # Bounds between the start tags and all the `<` need the end tags subtracted.
+    assert start_tags < markup
+    assert rum_xml._is_plain(document, start_tags, start_tags, None)
+    assert not rum_xml._is_plain(document, start_tags - 1, markup, None)
+    assert not rum_xml._is_plain(document, markup, start_tags - 1, None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -443,6 +443,8 @@ def _parse_checked(
     return root
 
 
+# The openers of the markup that `_is_plain` leaves to expat: `<!` and `<?`.
+_MARKUP_OPENER: Final = re.compile(rb"<[!?]")
 # lxml's parser, one per thread because an lxml parser must not be shared between threads.
 _plain_parsers = threading.local()
 
@@ -458,12 +460,17 @@ def _is_plain(
     come from an entity without a DTD. So the count of such `<` bounds both the elements and
     the depth, and the document's length bounds the characters of each text node.
     """
-    if not document.isascii() or b"<!" in document or document.find(b"<?", 1) >= 0:
+    if not document.isascii():
+        return False
+    # `<?` may open the XML declaration at offset 0, and `<!` nowhere.
+    if document.startswith(b"<!") or _MARKUP_OPENER.search(document, 1) is not None:
         return False
     if max_text_length is not None and len(document) > max_text_length:
         return False
-    start_tags = document.count(b"<") - document.count(b"</")
-    return start_tags <= max_depth and start_tags <= max_elements
+    bound = min(max_depth, max_elements)
+    # Every start tag has a `<`, so end tags need counting only when the `<` exceed the bound.
+    markup = document.count(b"<")
+    return markup <= bound or markup - document.count(b"</") <= bound
 
 
 def _plain_parser() -> Any:
