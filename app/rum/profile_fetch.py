@@ -28,13 +28,14 @@ _ADDRESS_RESULT_COLUMNS = {
 }
 
 # $1 is the ERID to look up (NULL for one that fails the ERID syntax), $2 the ERID to record,
-# $3 the source address, $4 the siteID, $5 the request id and $6 the returned attribute names.
+# $3 the source address, $4 the siteID, $5 the request id and, when the settings name
+# attributes to return, $6 their names.
 #
 # The event row is written whether or not a user matched, hence the LEFT JOIN from one constant
 # row. `set_config(..., true)` turns synchronous_commit off for this statement's transaction
 # only: the response does not wait for the WAL flush, and a PostgreSQL crash can lose the last
 # fraction of a second of profile-fetch events, never a user or a login event.
-PROFILE_FETCH_SQL = f"""
+_PROFILE_FETCH_TEMPLATE = f"""
 WITH found AS (
     SELECT id, user_key, external_reference_id, login, status,
            first_name, last_name, email, locale, home_phone
@@ -64,18 +65,28 @@ SELECT
     found.first_name, found.last_name, found.email, found.locale, found.home_phone,
     {_ADDRESS_COLUMNS},
     shipping.user_id IS NOT NULL AS has_shipping,
-    billing.user_id IS NOT NULL AS has_billing,
-    attributes.names AS attribute_names,
-    attributes.values_ AS attribute_values
+    billing.user_id IS NOT NULL AS has_billing{{attribute_columns}}
 FROM found
 LEFT JOIN user_addresses AS shipping ON shipping.user_id = found.id AND shipping.kind = 'shipping'
 LEFT JOIN user_addresses AS billing ON billing.user_id = found.id AND billing.kind = 'billing'
-LEFT JOIN LATERAL (
+{{attribute_join}}"""  # noqa: S608 (the interpolated text is column names from ADDRESS_FIELDS)
+
+PROFILE_FETCH_SQL = _PROFILE_FETCH_TEMPLATE.format(
+    attribute_columns=""",
+    attributes.names AS attribute_names,
+    attributes.values_ AS attribute_values""",
+    attribute_join="""LEFT JOIN LATERAL (
     SELECT array_agg(name) AS names, array_agg(value) AS values_
     FROM user_attributes
     WHERE user_id = found.id AND name = ANY($6::text[])
 ) AS attributes ON true
-"""  # noqa: S608 (the interpolated text is column names from ADDRESS_FIELDS)
+""",
+)
+# Without attributes to return, which is the default, the statement skips their join and the
+# driver encodes no array.
+PROFILE_FETCH_WITHOUT_ATTRIBUTES_SQL = _PROFILE_FETCH_TEMPLATE.format(
+    attribute_columns="", attribute_join=""
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +124,25 @@ async def fetch_profile(
     own transaction and `synchronous_commit` is off for that statement alone. Inside a caller's
     transaction the setting would apply to all of it (the tests run it that way).
     """
-    record = await connection.fetchrow(
-        PROFILE_FETCH_SQL,
-        erid,
-        recorded_erid,
-        source_address,
-        site_id,
-        request_id,
-        list(returned_attributes),
-    )
+    if returned_attributes:
+        record = await connection.fetchrow(
+            PROFILE_FETCH_SQL,
+            erid,
+            recorded_erid,
+            source_address,
+            site_id,
+            request_id,
+            list(returned_attributes),
+        )
+    else:
+        record = await connection.fetchrow(
+            PROFILE_FETCH_WITHOUT_ATTRIBUTES_SQL,
+            erid,
+            recorded_erid,
+            source_address,
+            site_id,
+            request_id,
+        )
     if record is None:
         return None
     info = xml.UserInfo(
@@ -143,5 +164,7 @@ async def fetch_profile(
         info=info,
         attributes=attributes_from_arrays(
             record["attribute_names"], record["attribute_values"], returned_attributes
-        ),
+        )
+        if returned_attributes
+        else (),
     )
