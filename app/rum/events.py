@@ -15,12 +15,13 @@ from app.models import LoginEvent
 
 
 def request_id_of(request: Request) -> str | None:
-    request_id = getattr(request.state, "request_id", None)
+    # The scope's "state" dict, read directly: `request.state` would wrap it in a new object.
+    request_id = request.scope.get("state", {}).get("request_id")
     return request_id or request.headers.get("x-request-id")
 
 
 def source_address_of(request: Request) -> str | None:
-    address = getattr(request.state, "source_address", None)
+    address = request.scope.get("state", {}).get("source_address")
     if address:
         return str(address)
     return request.client.host if request.client else None

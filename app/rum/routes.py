@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from app.db.errors import is_database_unavailable
 from app.rum import examples, xml
 from app.rum.handlers import HANDLERS, CallbackContext
-from app.rum.security import CallerRejectedError, check_caller
+from app.rum.security import CallerRejectedError, check_caller, request_header
 from app.security.login_guard import SourceThrottledError
 from app.settings import Settings
 
@@ -56,7 +56,7 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
         BodyTooLargeError: past `limit` bytes, declared or received.
         ClientDisconnect: if the client left before the body was complete.
     """
-    declared = request.headers.get("content-length")
+    declared = request_header(request, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError
     receive = request.receive
@@ -79,7 +79,7 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
 
 
 def _content_type_accepted(request: Request) -> bool:
-    content_type = request.headers.get("content-type")
+    content_type = request_header(request, b"content-type")
     if not content_type:
         return True
     media_type = content_type.split(";", 1)[0].strip().lower()

@@ -26,6 +26,18 @@ class CallerRejectedError(Exception):
         self.message = message
 
 
+def request_header(request: Request, name: bytes) -> str | None:
+    """Return the first value of the header `name` (lower case), as `request.headers.get` does.
+
+    It reads the ASGI scope's list directly: Starlette's `Headers` lower-cases and encodes the
+    name on every lookup, and the callbacks read three headers on each request.
+    """
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
 def _basic_credentials(header: str | None) -> tuple[bytes, bytes] | None:
     if not header:
         return None
@@ -74,7 +86,7 @@ def check_caller(request: Request, settings: Settings) -> None:
                 403, "forbidden_network", "the caller's address is not in SSO_RUM_ALLOWED_NETWORKS"
             )
 
-    header = request.headers.get("authorization")
+    header = request_header(request, b"authorization")
     if header is not None and settings.rum_username and settings.rum_password:
         expected = _expected_header(
             settings.rum_username, settings.rum_password.get_secret_value()
