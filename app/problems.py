@@ -43,6 +43,7 @@ from starlette.requests import ClientDisconnect
 from app.db.errors import is_database_unavailable
 from app.identity.errors import DomainError, NotFoundError
 from app.ops.logging import mark_logged
+from app.paths import route_path
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +379,7 @@ def _validation_errors(exc: RequestValidationError) -> list[FieldError]:
 
 async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
-    if _is_excluded(request.url.path):
+    if _is_excluded(route_path(request.scope)):
         return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
     errors = []
     if exc.field is not None:
@@ -397,7 +398,7 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    if _is_excluded(request.url.path):
+    if _is_excluded(route_path(request.scope)):
         return await request_validation_exception_handler(request, exc)
     errors = _validation_errors(exc)
     codes = {error.code for error in errors}
@@ -414,7 +415,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    if _is_excluded(request.url.path):
+    if _is_excluded(route_path(request.scope)):
         return await http_exception_handler(request, exc)
     status = exc.status_code
     try:
@@ -436,7 +437,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _client_disconnected(request: Request, exc: Exception) -> Response:
     # An expected event, not a failure of the service: one info line, no traceback.
     logger.info("request.client_disconnected path=%s", request.url.path)
-    if _is_excluded(request.url.path):
+    if _is_excluded(route_path(request.scope)):
         return PlainTextResponse("Client Disconnected", status_code=400)
     return problem_response(
         request,
@@ -460,7 +461,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
             request_id,
             type(exc).__name__,
         )
-        if _is_excluded(request.url.path):
+        if _is_excluded(route_path(request.scope)):
             return PlainTextResponse("Service Unavailable", status_code=503)
         return problem_response(
             request,
@@ -473,7 +474,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
         "request.failed path=%s request_id=%s", request.url.path, request_id, exc_info=exc
     )
     mark_logged(exc)
-    if _is_excluded(request.url.path):
+    if _is_excluded(route_path(request.scope)):
         return PlainTextResponse("Internal Server Error", status_code=500)
     return problem_response(
         request,

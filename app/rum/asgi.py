@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.ops.deadlines import time_limit
 from app.ops.logging import begin_request, end_request
+from app.paths import route_path
 from app.problems import unexpected_error
 from app.rum.routes import ACCEPTED_MESSAGES, RETRY_AFTER_SECONDS, serve_callback, xml_error
 from app.security.headers import API_RESPONSE_HEADERS
@@ -59,7 +60,7 @@ class CallbackServer:
         self.max_header_bytes = settings.max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        served = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        served = self.routes.get(route_path(scope)) if scope["type"] == "http" else None
         if served is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -135,7 +136,7 @@ class CallbackServer:
         except TimeoutError:
             if not deadline.expired():
                 raise
-            log_timeout(scope["path"], self.timeout, waiting_for_body)
+            log_timeout(route_path(scope), self.timeout, waiting_for_body)
             if sent_status is not None:
                 # Part of the response is already sent, so the server closes the connection.
                 return sent_status, None

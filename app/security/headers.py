@@ -26,6 +26,8 @@ from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.paths import route_path
+
 DOCS_PAGES: Final = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 # fastapi-offline serves the Swagger UI and ReDoc scripts, styles and icons under this prefix.
 DOCS_STATIC_PREFIX: Final = "/static-offline-docs/"
@@ -88,10 +90,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        root_path: str = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :]
+        path = route_path(scope)
         if path in DOCS_PAGES:
             await self._send_docs_page(scope, receive, send)
             return

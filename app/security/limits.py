@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.ops.deadlines import time_limit
+from app.paths import route_path
 from app.problems import (
     PROBLEM_TYPES,
     FieldError,
@@ -149,7 +150,8 @@ class RequestLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        callback = is_callback_path(scope["path"])
+        path = route_path(scope)
+        callback = is_callback_path(path)
 
         if header_size(scope) > self.max_header_bytes:
             await self._reject(
@@ -202,7 +204,7 @@ class RequestLimitsMiddleware:
             await send(message)
 
         try:
-            timeout = None if scope["path"] in UNTIMED_PATHS else self.timeout
+            timeout = None if path in UNTIMED_PATHS else self.timeout
             async with time_limit(timeout) as deadline:
                 await self.app(scope, limited_receive, tracked_send)
         except HTTPException:
@@ -211,7 +213,7 @@ class RequestLimitsMiddleware:
         except TimeoutError:
             if not deadline.expired():
                 raise
-            log_timeout(scope["path"], self.timeout, waiting_for_body)
+            log_timeout(path, self.timeout, waiting_for_body)
             if response_started:
                 # Part of the response is already sent, so the server closes the connection.
                 return
@@ -247,7 +249,7 @@ class RequestLimitsMiddleware:
             headers["Connection"] = "close"
         request = Request(scope)
         response: Response
-        if is_callback_path(scope["path"]):
+        if is_callback_path(route_path(scope)):
             response = Response(
                 xml.render_error(code, message), status, headers, media_type=_XML_MEDIA_TYPE
             )
