@@ -142,7 +142,12 @@ class Database:
         for option in _SQLALCHEMY_ONLY_OPTIONS:
             parameters.pop(option, None)
         # The connect arguments win over the same options in the URL, as with SQLAlchemy's.
-        return await asyncpg.connect(**{**parameters, **self.connect_args})
+        # No client-side command timeout: these statements run only inside callbacks, whose
+        # time limit cancels them, and a cancelled statement's connection is closed. asyncpg
+        # would otherwise set and cancel a timer on the event loop for every statement.
+        return await asyncpg.connect(
+            **{**parameters, **self.connect_args, "command_timeout": None}
+        )
 
     def driver_pool_stats(self) -> dict[str, int]:
         """Return the driver pool's numbers, without opening a pool that is not open."""
