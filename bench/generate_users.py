@@ -4,7 +4,8 @@
 
 Passwords are pre-hashed: a few hundred real hashes (argon2id, bcrypt, PBKDF2 in passlib's and
 Django's formats, sha512-crypt and {SSHA}) are made once and reused, so generation takes
-seconds, not days. The password of hash number k is `password-<k>`.
+seconds, not days. The user on data row i (0 for the first) has hash number i mod
+`--distinct-hashes`, and the password of hash number k is `password-<k>`.
 
 Each planted conflict kind has its own rate, a fraction of the rows (0 by default). The kinds:
 duplicate ERIDs (`--duplicate-erid-rate`), ERIDs repeated in another letter case
@@ -169,7 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, required=True, help="Number of users to write.")
     parser.add_argument("--output", type=Path, required=True, help=".csv or .ndjson file.")
     parser.add_argument("--seed", type=int, default=1, help="Seed of identities and values.")
-    parser.add_argument("--distinct-hashes", type=int, default=300, help="Real hashes to reuse.")
+    parser.add_argument(
+        "--distinct-hashes",
+        type=int,
+        default=300,
+        help="Real hashes to reuse. The user on data row i has the password "
+        "'password-<i mod this>'.",
+    )
     parser.add_argument(
         "--existing-seed", type=int, default=None, help="Seed of a file imported before."
     )
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 writer.writerow(flat_row(user))
             else:
                 target.write(json.dumps(user, ensure_ascii=False) + "\n")
-    json.dump({"rows": args.count, "planted": counts}, sys.stderr)
+    sys.stderr.write(json.dumps({"rows": args.count, "planted": counts}) + "\n")
     sys.stderr.write("\n")
     return 0
 
