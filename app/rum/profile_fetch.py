@@ -124,25 +124,12 @@ async def fetch_profile(
     own transaction and `synchronous_commit` is off for that statement alone. Inside a caller's
     transaction the setting would apply to all of it (the tests run it that way).
     """
+    statement = PROFILE_FETCH_WITHOUT_ATTRIBUTES_SQL
+    arguments: list[Any] = [erid, recorded_erid, source_address, site_id, request_id]
     if returned_attributes:
-        record = await connection.fetchrow(
-            PROFILE_FETCH_SQL,
-            erid,
-            recorded_erid,
-            source_address,
-            site_id,
-            request_id,
-            list(returned_attributes),
-        )
-    else:
-        record = await connection.fetchrow(
-            PROFILE_FETCH_WITHOUT_ATTRIBUTES_SQL,
-            erid,
-            recorded_erid,
-            source_address,
-            site_id,
-            request_id,
-        )
+        statement = PROFILE_FETCH_SQL
+        arguments.append(list(returned_attributes))
+    record = await connection.fetchrow(statement, *arguments)
     if record is None:
         return None
     info = xml.UserInfo(
