@@ -179,7 +179,7 @@ def _kill_import_during(database_url: URL, file: Path, phase: str) -> int:
         text=True,
     )
     if feeder is not None and feeder.stdout is not None:
-        feeder.stdout.close()  # the import holds its own copy
+        feeder.stdout.close()  # the import process has its own copy of the pipe
     assert process.stderr is not None
     deadline = time.monotonic() + 200
     seen: list[str] = []

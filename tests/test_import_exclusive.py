@@ -129,7 +129,7 @@ async def test_store_with_users_checks_row_by_row(
 @pytest.mark.parametrize(
     "options", [{}, {"exclusive_min_bytes": 0, "exclusive_load": False}], ids=["small", "off"]
 )
-async def test_small_file_or_option_off_checks_row_by_row(
+async def test_row_by_row_when_small_or_off(
     session: AsyncSession, hasher: PasswordHasher, options: dict[str, Any]
 ) -> None:
     before = await _checks(session)
@@ -158,7 +158,7 @@ async def test_table_in_use_elsewhere_checks_row_by_row(
     assert _recreated(before, await _checks(session)) == set()
 
 
-async def test_conflict_found_by_a_rebuilt_constraint_is_reported(
+async def test_rebuilt_constraint_conflict_reported(
     session: AsyncSession, hasher: PasswordHasher, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Rows 2 and 12 share a login after normalisation, in different batches. No row error and

@@ -80,7 +80,7 @@ class TimeLimit:
         return self._expired
 
     def expire(self) -> None:
-        """Mark the limit as expired and cancel its task; the timer calls this."""
+        """Mark the limit as expired and cancel its task. The timer calls this."""
         self._expired = True
         if self._task is not None:
             self._task.cancel()

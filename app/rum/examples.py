@@ -228,9 +228,10 @@ def openapi_for(requests: dict[str, str], answers: dict[str, str]) -> dict[str, 
             "431": {"description": "The request line and headers exceed SSO_MAX_HEADER_BYTES."},
             "500": {"description": "An unexpected error, logged with the request id."},
             "503": {
-                "description": "The database is unavailable, the connection pool is exhausted or "
-                "the request took longer than SSO_REQUEST_TIMEOUT_SECONDS; retry after "
-                "`Retry-After` seconds."
+                "description": "The database is unavailable, the connection pool is exhausted, "
+                "a statement waited past SSO_DB_LOCK_TIMEOUT_MS or SSO_DB_STATEMENT_TIMEOUT_MS "
+                "(as during an exclusive import into an empty store), or the request took longer "
+                "than SSO_REQUEST_TIMEOUT_SECONDS. Retry after `Retry-After` seconds."
             },
         },
     }

@@ -161,8 +161,8 @@ WHERE indrelid = 'users'::regclass
   AND NOT EXISTS (SELECT FROM pg_constraint WHERE conindid = indexrelid)
 ORDER BY indexrelid::regclass::text
 """
-# Smaller files load row by row even into an empty store. They take little time either way,
-# and then need no lock.
+# Smaller files load row by row even into an empty store: they load quickly either way, so
+# they take no lock.
 DEFAULT_EXCLUSIVE_MIN_BYTES = 1024 * 1024
 
 
